@@ -1,0 +1,123 @@
+//! Options shared by the subcommands (model, device, dtype) and small helpers.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use clap::Args;
+use fgclip::{LoadOptions, Model, TextMask};
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Local checkpoint folder (official layout) or Hugging Face repo id, e.g. qihoo360/fg-clip2-base.
+    #[arg(long, short = 'm', env = "FGCLIP_MODEL")]
+    pub model: String,
+    /// cpu, cuda or cuda:N (cuda needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Compute dtype: f32 (parity reference), f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// FG-CLIP 2 text padding mask: auto (what the checkpoint's tokenizer returns, as the official usage), on, off.
+    #[arg(long, default_value = "auto")]
+    pub text_mask: String,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<Model> {
+        let device = parse_device(&self.device)?;
+        let dtype = match self.dtype.as_str() {
+            "f32" => DType::F32,
+            "f16" => DType::F16,
+            "bf16" => DType::BF16,
+            d => bail!("unknown --dtype {d:?} (expected f32, f16 or bf16)"),
+        };
+        let text_mask = match self.text_mask.as_str() {
+            "auto" => TextMask::Auto,
+            "on" => TextMask::On,
+            "off" => TextMask::Off,
+            m => bail!("unknown --text-mask {m:?} (expected auto, on or off)"),
+        };
+        let opts = LoadOptions { device, dtype, text_mask };
+        Model::load(&self.model, &opts).with_context(|| format!("loading model {}", self.model))
+    }
+}
+
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let n: usize = s.strip_prefix("cuda:").map(|n| n.parse()).transpose().context("--device cuda:N needs a number")?.unwrap_or(0);
+            Device::new_cuda(n).with_context(|| format!("--device {s}: CUDA is not available in this build or on this machine"))
+        }
+        _ => bail!("unknown --device {s:?} (expected cpu, cuda or cuda:N)"),
+    }
+}
+
+/// Reads labels from a comma-separated list or a file (one per line; blank lines and `#` comments skipped).
+pub fn read_labels(list: Option<&str>, file: Option<&std::path::Path>) -> Result<Vec<String>> {
+    let mut labels: Vec<String> = vec![];
+    if let Some(l) = list {
+        labels.extend(l.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()));
+    }
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading labels file {}", f.display()))?;
+        labels.extend(text.lines().map(|s| s.trim()).filter(|s| !s.is_empty() && !s.starts_with('#')).map(String::from));
+    }
+    if labels.is_empty() {
+        bail!("the label list is empty: give --labels \"a,b,c\" or --labels-file F");
+    }
+    Ok(labels)
+}
+
+/// `x1,y1,x2,y2` → box.
+pub fn parse_box(s: &str) -> Result<[f32; 4]> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f32>())
+        .collect::<std::result::Result<_, _>>()
+        .with_context(|| format!("box {s:?}: expected four numbers x1,y1,x2,y2"))?;
+    match v.as_slice() {
+        [a, b, c, d] if v.iter().all(|x| x.is_finite()) => Ok([*a, *b, *c, *d]),
+        _ => bail!("box {s:?}: expected four finite numbers x1,y1,x2,y2"),
+    }
+}
+
+/// A progress bar on stderr (hidden for `--json` runs and when stderr is not a terminal).
+pub fn progress(len: u64, what: &str, quiet: bool) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if quiet || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {bar:30} {pos}/{len} {msg} ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Writes tensors as f32 safetensors with string metadata.
+pub fn write_safetensors(
+    path: &std::path::Path,
+    tensors: &std::collections::BTreeMap<String, candle_core::Tensor>,
+    meta: std::collections::HashMap<String, String>,
+) -> Result<()> {
+    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
+    for (k, t) in tensors {
+        let v: Vec<f32> = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+        if v.iter().any(|x| x.is_nan()) {
+            bail!("internal error: tensor {k} contains NaN");
+        }
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        data.push((k.clone(), t.dims().to_vec(), bytes));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(k, s, b)| Ok((k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?)))
+        .collect::<Result<_>>()?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    safetensors::serialize_to_file(views, Some(meta), path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

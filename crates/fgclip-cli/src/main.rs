@@ -1,0 +1,58 @@
+//! `fgclip`: the command line of fgclip-rs. `main` parses; each subcommand lives in its own file and calls
+//! the library. Human output by default, `--json` for machines; errors go to stderr with a non-zero exit.
+
+mod common;
+mod draw;
+mod cmd_boxes;
+mod cmd_classify;
+mod cmd_features;
+mod cmd_heatmap;
+mod cmd_info;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "fgclip", version, about = "FG-CLIP and FG-CLIP 2 (fine-grained CLIP) in Rust: features, zero-shot, boxes, heatmaps")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log more (repeat for more detail); RUST_LOG also works.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compute image / text / region / dense features and write them to a safetensors file.
+    Features(cmd_features::Args),
+    /// Zero-shot classification of images against labels.
+    Classify(cmd_classify::Args),
+    /// Label boxes in an image (open-vocabulary box labelling); optionally draw them.
+    Boxes(cmd_boxes::Args),
+    /// Similarity heatmap of a text query over an image's patches, written as a PNG overlay.
+    Heatmap(cmd_heatmap::Args),
+    /// Describe a checkpoint: family, sizes, embedding dimension, text lengths, patch budgets.
+    Info(cmd_info::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let result = match cli.command {
+        Command::Features(a) => cmd_features::run(a),
+        Command::Classify(a) => cmd_classify::run(a),
+        Command::Boxes(a) => cmd_boxes::run(a),
+        Command::Heatmap(a) => cmd_heatmap::run(a),
+        Command::Info(a) => cmd_info::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,205 @@
+//! Checkpoint weights: memory-mapped safetensors (single file or shards) behind a small path builder whose
+//! lookups fail with errors that name the tensor and its expected and found shapes.
+//!
+//! Model code asks for tensors by the checkpoint key path (`vision_model.encoder.layers.3.mlp.fc1.weight`), built
+//! with [`Weights::pp`] the way candle-nn's `VarBuilder` does. The same model code runs on frozen mmapped
+//! tensors (inference) or on trainable [`candle_core::Var`]s (training): see [`Weights::from_varmap`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Shape, Tensor, Var};
+use candle_nn::VarMap;
+
+use crate::{Error, Result};
+
+enum Source {
+    Mmap(MmapedSafetensors),
+    Tensors(HashMap<String, Tensor>),
+    Vars(VarMap),
+}
+
+/// A view of the checkpoint at a key prefix.
+#[derive(Clone)]
+pub struct Weights {
+    source: Arc<Source>,
+    prefix: String,
+    dtype: DType,
+    device: Device,
+}
+
+impl Weights {
+    /// Memory-maps the safetensors files (one file, or all shards of an index). Tensors are converted to
+    /// `dtype` on `device` when first requested; storage may be f32, bf16 or f16.
+    pub fn from_safetensors(paths: &[PathBuf], dtype: DType, device: &Device) -> Result<Self> {
+        for p in paths {
+            check_safetensors_header(p)?;
+        }
+        // SAFETY: the files are mapped read-only; as with any mmap, modifying them while mapped is undefined.
+        let st = unsafe { MmapedSafetensors::multi(paths) }.map_err(|e| Error::File {
+            path: paths.first().cloned().unwrap_or_default(),
+            msg: format!("cannot read safetensors: {e}"),
+        })?;
+        Ok(Self::new(Source::Mmap(st), dtype, device))
+    }
+
+    /// In-memory tensors (tests, conversions).
+    pub fn from_tensors(ts: HashMap<String, Tensor>, dtype: DType, device: &Device) -> Self {
+        Self::new(Source::Tensors(ts), dtype, device)
+    }
+
+    /// Trainable variables: every tensor handed to the model is a [`Var`] of `varmap`, so gradients flow to it.
+    /// Fill the map first (e.g. [`load_into_varmap`]); a key that is not in the map is reported as missing.
+    pub fn from_varmap(varmap: &VarMap, dtype: DType, device: &Device) -> Self {
+        Self::new(Source::Vars(varmap.clone()), dtype, device)
+    }
+
+    fn new(source: Source, dtype: DType, device: &Device) -> Self {
+        Self { source: Arc::new(source), prefix: String::new(), dtype, device: device.clone() }
+    }
+
+    /// Descends one level of the key path: `w.pp("encoder").pp("layers").pp(3)`.
+    pub fn pp(&self, s: impl ToString) -> Self {
+        let s = s.to_string();
+        let prefix = if self.prefix.is_empty() { s } else { format!("{}.{}", self.prefix, s) };
+        Self { prefix, ..self.clone() }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn path(&self, name: &str) -> String {
+        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{}", self.prefix, name) }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        let key = self.path(name);
+        match &*self.source {
+            Source::Mmap(st) => st.get(&key).is_ok(),
+            Source::Tensors(ts) => ts.contains_key(&key),
+            Source::Vars(vm) => vm.data().lock().map(|d| d.contains_key(&key)).unwrap_or(false),
+        }
+    }
+
+    /// The tensor at `name` under this prefix, checked against `shape`.
+    pub fn get(&self, shape: impl Into<Shape>, name: &str) -> Result<Tensor> {
+        let key = self.path(name);
+        let expected: Shape = shape.into();
+        let t = self.get_any(&key)?;
+        if t.dims() != expected.dims() {
+            return Err(Error::TensorShape { name: key, expected: expected.dims().to_vec(), found: t.dims().to_vec() });
+        }
+        Ok(t)
+    }
+
+    /// The tensor at `name` whatever its shape (for tables whose size the checkpoint decides).
+    pub fn get_unchecked(&self, name: &str) -> Result<Tensor> {
+        self.get_any(&self.path(name))
+    }
+
+    /// The shape of `name` without loading it.
+    pub fn shape_of(&self, name: &str) -> Result<Vec<usize>> {
+        let key = self.path(name);
+        match &*self.source {
+            Source::Mmap(st) => st.get(&key).map(|v| v.shape().to_vec()).map_err(|_| Error::MissingTensor { name: key }),
+            _ => Ok(self.get_any(&key)?.dims().to_vec()),
+        }
+    }
+
+    fn get_any(&self, key: &str) -> Result<Tensor> {
+        let missing = || Error::MissingTensor { name: key.to_string() };
+        let t = match &*self.source {
+            Source::Mmap(st) => {
+                let view = st.get(key).map_err(|_| missing())?;
+                candle_core::safetensors::Load::load(&view, &self.device)
+                    .map_err(|e| Error::File { path: PathBuf::from(key), msg: format!("cannot load tensor: {e}") })?
+            }
+            Source::Tensors(ts) => ts.get(key).cloned().ok_or_else(missing)?,
+            Source::Vars(vm) => {
+                let data = vm.data().lock().map_err(|_| Error::input("variable map lock poisoned"))?;
+                return Ok(data.get(key).ok_or_else(missing)?.as_tensor().clone());
+            }
+        };
+        let t = if t.dtype() != self.dtype { t.to_dtype(self.dtype)? } else { t };
+        Ok(t.to_device(&self.device)?)
+    }
+
+    /// Every tensor name in the checkpoint (sorted), for `info` and diagnostics.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = match &*self.source {
+            Source::Mmap(st) => st.tensors().into_iter().map(|(k, _)| k).collect(),
+            Source::Tensors(ts) => ts.keys().cloned().collect(),
+            Source::Vars(vm) => vm.data().lock().map(|d| d.keys().cloned().collect()).unwrap_or_default(),
+        };
+        v.sort();
+        v
+    }
+
+    /// Storage dtypes found in the checkpoint (for `info`).
+    pub fn storage_dtypes(&self) -> Vec<String> {
+        let mut v: Vec<String> = match &*self.source {
+            Source::Mmap(st) => st.tensors().into_iter().map(|(_, t)| format!("{:?}", t.dtype())).collect(),
+            _ => vec![format!("{:?}", self.dtype)],
+        };
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+/// Loads every tensor of the checkpoint files into `varmap` as trainable variables of `dtype`.
+pub fn load_into_varmap(paths: &[PathBuf], varmap: &VarMap, dtype: DType, device: &Device) -> Result<()> {
+    let w = Weights::from_safetensors(paths, dtype, device)?;
+    let mut data = varmap.data().lock().map_err(|_| Error::input("variable map lock poisoned"))?;
+    for name in w.names() {
+        let t = w.get_unchecked(&name)?;
+        data.insert(name, Var::from_tensor(&t)?);
+    }
+    Ok(())
+}
+
+/// Fails early, naming the file, on a missing, truncated or non-safetensors file (mmap would give a less
+/// readable message).
+fn check_safetensors_header(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let err = |msg: String| Error::File { path: path.to_path_buf(), msg };
+    let mut f = std::fs::File::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
+    let len = f.metadata().map_err(|e| err(format!("cannot stat: {e}")))?.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).map_err(|_| err("not a safetensors file (shorter than its 8-byte header)".into()))?;
+    let header_len = u64::from_le_bytes(n);
+    if header_len == 0 || header_len > 100_000_000 || 8 + header_len > len {
+        return Err(err(format!("not a safetensors file or truncated (header length {header_len}, file size {len})")));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    f.read_exact(&mut header).map_err(|e| err(format!("truncated header: {e}")))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| err(format!("corrupt safetensors header: {e}")))?;
+    // The data section must hold every tensor's byte range.
+    let mut data_end = 0u64;
+    if let Some(obj) = json.as_object() {
+        for (k, v) in obj {
+            if k == "__metadata__" {
+                continue;
+            }
+            if let Some(end) = v.get("data_offsets").and_then(|o| o.get(1)).and_then(|e| e.as_u64()) {
+                data_end = data_end.max(end);
+            }
+        }
+    }
+    if 8 + header_len + data_end > len {
+        return Err(err(format!(
+            "truncated: tensors need {} bytes of data, file has {}",
+            data_end,
+            len - 8 - header_len
+        )));
+    }
+    Ok(())
+}

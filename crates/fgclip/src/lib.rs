@@ -1,0 +1,42 @@
+//! fgclip: FG-CLIP (ICML 2025) and FG-CLIP 2 in Rust.
+//!
+//! Data flows one way: files → [`hub`] (find or download) → [`checkpoint`] (mmap safetensors, named shape
+//! checks) → preprocessing (`fgclip_image`) and [`tokenize`] → towers ([`fgclip1`], [`fgclip2`]) → features
+//! ([`Model`]).
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod fgclip1;
+pub mod fgclip2;
+pub mod hub;
+pub mod nn;
+pub mod model;
+pub mod tokenize;
+
+pub use error::{Error, Result};
+pub use fgclip_image;
+pub use model::{DenseMap, LoadOptions, Model, PatchBudget, PreparedImages, TextMask};
+
+/// Which text regime to encode with (spec §2.2, §3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TextWalk {
+    /// Short captions, class names (FG-CLIP: 77 tokens, FG-CLIP 2: 64).
+    Short,
+    /// Long captions (FG-CLIP: 248 tokens, FG-CLIP 2: 196).
+    Long,
+    /// Region / box captions (FG-CLIP 2's `boxtext_head`; FG-CLIP uses the short walk for boxes).
+    Box,
+}
+
+impl std::str::FromStr for TextWalk {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "short" => Ok(TextWalk::Short),
+            "long" => Ok(TextWalk::Long),
+            "box" => Ok(TextWalk::Box),
+            _ => Err(Error::input(format!("unknown walk {s:?} (expected short, long or box)"))),
+        }
+    }
+}

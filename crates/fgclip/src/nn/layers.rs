@@ -1,0 +1,186 @@
+//! Linear, LayerNorm (with gradient), activations, the MLP and the pre-LN transformer block shared by the
+//! CLIP and SigLIP 2 towers (HF `CLIPEncoderLayer` / `Siglip2EncoderLayer`: identical structure and names).
+
+use candle_core::{Module, Result as CResult, Tensor, D};
+
+use super::attention::{Attention, KeyMask};
+use crate::checkpoint::Weights;
+use crate::config::Activation;
+use crate::Result;
+
+/// `y = x Wᵀ + b` with PyTorch's `[out, in]` weight layout.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(w: &Weights, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let weight = w.get((out_dim, in_dim), "weight")?;
+        let bias = if bias { Some(w.get(out_dim, "bias")?) } else { None };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.weight.dim(0).unwrap_or(0)
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        // Flatten leading dims so one GEMM does the whole batch.
+        let dims = x.dims().to_vec();
+        let in_dim = *dims.last().expect("linear input has a last dim");
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims;
+        *out.last_mut().unwrap() = self.weight.dim(0)?;
+        y.reshape(out)
+    }
+}
+
+/// LayerNorm over the last dimension. The composed form keeps gradients for input, weight and bias (candle's
+/// fused `layer_norm` has none — stack notes); the fused kernel is used only when nothing is tracked.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(w: &Weights, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: w.get(dim, "weight")?, bias: w.get(dim, "bias")?, eps })
+    }
+
+    /// The differentiable composition (also the reference for the fused path's test).
+    pub fn forward_composed(&self, x: &Tensor) -> CResult<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        let y = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        y.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        if super::tracked(&[x, &self.weight, &self.bias]) {
+            self.forward_composed(x)
+        } else {
+            candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)
+        }
+    }
+}
+
+/// Activation as named in `config.json`.
+#[derive(Clone, Copy, Debug)]
+pub struct Act(pub Activation);
+
+impl Module for Act {
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        match self.0 {
+            Activation::QuickGelu => x.mul(&candle_nn::ops::sigmoid(&(x * 1.702)?)?),
+            Activation::GeluTanh => x.gelu(),
+            Activation::Gelu => x.gelu_erf(),
+        }
+    }
+}
+
+/// `fc2(act(fc1(x)))`.
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub act: Act,
+}
+
+impl Mlp {
+    pub fn load(w: &Weights, dim: usize, hidden: usize, act: Activation) -> Result<Self> {
+        Ok(Self {
+            fc1: Linear::load(&w.pp("fc1"), dim, hidden, true)?,
+            fc2: Linear::load(&w.pp("fc2"), hidden, dim, true)?,
+            act: Act(act),
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        self.fc2.forward(&self.act.forward(&self.fc1.forward(x)?)?)
+    }
+}
+
+/// Pre-LN block: `x += attn(ln1(x)); x += mlp(ln2(x))`.
+#[derive(Clone, Debug)]
+pub struct EncoderLayer {
+    pub layer_norm1: LayerNorm,
+    pub self_attn: Attention,
+    pub layer_norm2: LayerNorm,
+    pub mlp: Mlp,
+}
+
+impl EncoderLayer {
+    pub fn load(w: &Weights, dim: usize, heads: usize, inter: usize, act: Activation, eps: f64) -> Result<Self> {
+        Ok(Self {
+            layer_norm1: LayerNorm::load(&w.pp("layer_norm1"), dim, eps)?,
+            self_attn: Attention::load_separate(&w.pp("self_attn"), dim, heads)?,
+            layer_norm2: LayerNorm::load(&w.pp("layer_norm2"), dim, eps)?,
+            mlp: Mlp::load(&w.pp("mlp"), dim, inter, act)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, mask: &KeyMask) -> CResult<Tensor> {
+        let h = self.self_attn.forward(&self.layer_norm1.forward(x)?, mask)?;
+        let x = (x + h)?;
+        let h = self.mlp.forward(&self.layer_norm2.forward(&x)?)?;
+        x + h
+    }
+
+    /// FG-CLIP's "forward without attention" (official: `fgclip.py` dense path): attention replaced by its
+    /// value path, `x += out_proj(v_proj(ln1(x)))`, residuals and MLP kept.
+    pub fn forward_value_path(&self, x: &Tensor) -> CResult<Tensor> {
+        let v = self.self_attn.value_path(&self.layer_norm1.forward(x)?)?;
+        let x = (x + v)?;
+        let h = self.mlp.forward(&self.layer_norm2.forward(&x)?)?;
+        x + h
+    }
+}
+
+/// A stack of encoder layers.
+#[derive(Clone, Debug)]
+pub struct Encoder {
+    pub layers: Vec<EncoderLayer>,
+}
+
+impl Encoder {
+    pub fn load(w: &Weights, n: usize, dim: usize, heads: usize, inter: usize, act: Activation, eps: f64) -> Result<Self> {
+        let w = w.pp("layers");
+        let layers = (0..n).map(|i| EncoderLayer::load(&w.pp(i), dim, heads, inter, act, eps)).collect::<Result<_>>()?;
+        Ok(Self { layers })
+    }
+
+    /// Runs every layer; returns the output and the input of the last layer (HF `hidden_states[-2]`).
+    pub fn forward_with_penultimate(&self, x: &Tensor, mask: &KeyMask) -> CResult<(Tensor, Tensor)> {
+        let mut x = x.clone();
+        let mut penultimate = x.clone();
+        for layer in &self.layers {
+            penultimate = x.clone();
+            x = layer.forward(&x, mask)?;
+        }
+        Ok((x, penultimate))
+    }
+
+    pub fn forward(&self, x: &Tensor, mask: &KeyMask) -> CResult<Tensor> {
+        let mut x = x.clone();
+        for layer in &self.layers {
+            x = layer.forward(&x, mask)?;
+        }
+        Ok(x)
+    }
+}
