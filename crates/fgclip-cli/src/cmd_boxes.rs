@@ -1,9 +1,277 @@
-//! (placeholder: being written)
-use anyhow::Result;
+//! `fgclip boxes`: open-vocabulary labelling of boxes in one image, optionally drawn onto a PNG.
+//!
+//! Region features come from one vision-tower pass (`dense_features`) followed by RoIAlign on the dense map
+//! (`regions_from_dense`), boxes in original-image pixels. Labels are embedded with the box walk on FG-CLIP 2
+//! (its `boxtext_head`) and the short walk on FG-CLIP (which has no box head). The score is
+//! `softmax(100·cos)` over the labels, as the official region evals compute it (spec §3.4, §7.2); it ranks
+//! exactly as the cosine does.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use candle_core::DType;
+use fgclip::config::Family;
+use fgclip::TextWalk;
+
+use crate::common::{self, ModelArgs};
+use crate::draw;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Image file.
+    #[arg(value_name = "IMAGE")]
+    pub image: PathBuf,
+    /// A box `x1,y1,x2,y2` in image pixels (repeatable).
+    #[arg(long = "box", required = true, value_name = "X1,Y1,X2,Y2", allow_hyphen_values = true)]
+    pub boxes: Vec<String>,
+    /// Comma-separated labels, e.g. "a red cup,a blue cup".
+    #[arg(long)]
+    pub labels: Option<String>,
+    /// File with one label per line (blank lines and `#` comments skipped); appended after --labels.
+    #[arg(long)]
+    pub labels_file: Option<PathBuf>,
+    /// Prompt template, `{}` = the label (repeatable: embeddings are averaged as the official box evals do).
+    #[arg(long = "template", default_value = "{}")]
+    pub templates: Vec<String>,
+    /// FG-CLIP 2: fixed patch budget; default is the official dynamic bucket.
+    #[arg(long)]
+    pub max_patches: Option<usize>,
+    /// Write the image with the boxes and their labels drawn on it (PNG).
+    #[arg(long, value_name = "OUT.png")]
+    pub draw: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
 
-pub fn run(_a: Args) -> Result<()> {
-    anyhow::bail!("not implemented yet")
+/// The outcome for one box.
+struct BoxResult {
+    bx: [f32; 4],
+    /// Scores over the labels (softmax of 100·cos) and cosines; `None` when the box gets no label.
+    scores: Option<(Vec<f32>, Vec<f32>)>,
+    /// Why there is no label.
+    note: Option<String>,
+}
+
+impl BoxResult {
+    /// (best, runner-up) label indices.
+    fn top2(&self) -> Option<(usize, Option<usize>)> {
+        let (s, _) = self.scores.as_ref()?;
+        let mut idx: Vec<usize> = (0..s.len()).collect();
+        idx.sort_by(|&i, &j| s[j].total_cmp(&s[i]));
+        Some((idx[0], idx.get(1).copied()))
+    }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let labels = common::read_labels(a.labels.as_deref(), a.labels_file.as_deref())?;
+    for t in &a.templates {
+        common::apply_template(t, "x")?;
+    }
+    let boxes: Vec<[f32; 4]> = a
+        .boxes
+        .iter()
+        .enumerate()
+        .map(|(k, s)| common::parse_box(s).with_context(|| format!("--box #{}", k + 1)))
+        .collect::<Result<_>>()?;
+    common::check_image_files(std::slice::from_ref(&a.image))?;
+    let img = fgclip::Model::load_images(std::slice::from_ref(&a.image))?.remove(0);
+
+    let model = a.model.load()?;
+    let family = model.family();
+    let budget = common::patch_budget(a.max_patches, family)?;
+    let walk = match family {
+        Family::FgClip2 => TextWalk::Box,
+        Family::FgClip => TextWalk::Short,
+    };
+    let prepared = model.prepare_images(std::slice::from_ref(&img), budget)?;
+    let (size, grid) = (prepared.sizes[0], prepared.grids[0]);
+
+    // Validate every box before the tower pass; degenerate ones are set aside (no samples, no feature).
+    let mut degenerate: Vec<Option<String>> = vec![];
+    for (k, b) in boxes.iter().enumerate() {
+        fgclip::model::pixel_box_to_grid(b, size, grid)
+            .map_err(|e| anyhow::anyhow!("--box #{} {}: {e}", k + 1, fmt_box(b)))?;
+        let why = if b[2] <= b[0] {
+            Some("degenerate box (x2 <= x1)")
+        } else if b[3] <= b[1] {
+            Some("degenerate box (y2 <= y1)")
+        } else {
+            None
+        };
+        if let Some(w) = why {
+            eprintln!("warning: --box #{} {}: {w}; it gets no label", k + 1, fmt_box(b));
+        }
+        degenerate.push(why.map(String::from));
+    }
+    let valid: Vec<[f32; 4]> = boxes.iter().zip(&degenerate).filter(|(_, d)| d.is_none()).map(|(b, _)| *b).collect();
+
+    let mut feats: Vec<Vec<f32>> = vec![];
+    let mut text: Vec<Vec<f32>> = vec![];
+    if !valid.is_empty() {
+        let dense = model.dense_features(&prepared).context("computing dense features")?;
+        let regions = model.regions_from_dense(&dense, &prepared.sizes, &[valid])?;
+        feats = regions[0].to_dtype(DType::F32)?.to_vec2()?;
+        text = common::encode_labels(&model, &labels, &a.templates, walk)?.to_vec2()?;
+    }
+
+    let mut feats = feats.into_iter();
+    let mut results = vec![];
+    for (k, b) in boxes.iter().enumerate() {
+        if let Some(why) = &degenerate[k] {
+            results.push(BoxResult { bx: *b, scores: None, note: Some(why.clone()) });
+            continue;
+        }
+        let f = feats.next().context("internal error: fewer region features than boxes")?;
+        let norm = f.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt();
+        if !(norm > 0.0 && norm.is_finite()) {
+            // All RoIAlign samples fell outside the feature map: there is nothing to compare.
+            let why = "the box lies outside the image (zero region feature)";
+            eprintln!("warning: --box #{} {}: {why}; it gets no label", k + 1, fmt_box(b));
+            results.push(BoxResult { bx: *b, scores: None, note: Some(why.into()) });
+            continue;
+        }
+        let cos: Vec<f32> =
+            text.iter().map(|t| (t.iter().zip(&f).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>() / norm) as f32).collect();
+        results.push(BoxResult { bx: *b, scores: Some((softmax_100(&cos), cos)), note: None });
+    }
+
+    if let Some(out) = &a.draw {
+        let (w, h) = (img.width, img.height);
+        let mut canvas = draw::to_rgb_image(&img);
+        render(&mut canvas, &results, &labels);
+        draw::save(&canvas, out)?;
+        debug_assert_eq!((canvas.width() as usize, canvas.height() as usize), (w, h));
+    }
+
+    if a.json {
+        let items: Vec<serde_json::Value> = results
+            .iter()
+            .enumerate()
+            .map(|(k, r)| {
+                let mut j = serde_json::json!({
+                    "index": k, "box": r.bx, "label": null, "score": null, "cosine": null, "runner_up": null,
+                    "scores": null, "cosines": null, "note": r.note,
+                });
+                if let (Some((best, second)), Some((s, c))) = (r.top2(), &r.scores) {
+                    j["label"] = serde_json::json!(labels[best]);
+                    j["label_index"] = serde_json::json!(best);
+                    j["score"] = serde_json::json!(s[best]);
+                    j["cosine"] = serde_json::json!(c[best]);
+                    if let Some(n) = second {
+                        j["runner_up"] = serde_json::json!({ "label": labels[n], "index": n, "score": s[n], "cosine": c[n] });
+                    }
+                    j["scores"] = serde_json::json!(s);
+                    j["cosines"] = serde_json::json!(c);
+                }
+                j
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": a.model.model, "family": family.name(), "image": a.image.display().to_string(),
+                "height": img.height, "width": img.width, "grid": [grid.0, grid.1],
+                "walk": match walk { TextWalk::Box => "box", _ => "short" }, "score": "softmax(100*cos)",
+                "templates": a.templates, "labels": labels, "boxes": items,
+                "draw": a.draw.as_ref().map(|p| p.display().to_string()),
+            })
+        );
+        return Ok(());
+    }
+
+    let walk_name = match walk {
+        TextWalk::Box => "box",
+        _ => "short",
+    };
+    println!(
+        "{} · {} ({}x{}) · {} labels · text walk {walk_name} · score = softmax(100·cos) over the labels",
+        family.name(),
+        a.image.display(),
+        img.width,
+        img.height,
+        labels.len()
+    );
+    let bw = results.iter().map(|r| fmt_box(&r.bx).len()).max().unwrap_or(0);
+    let lw = labels.iter().take(1000).map(|l| l.chars().count()).max().unwrap_or(0).min(40);
+    for (k, r) in results.iter().enumerate() {
+        let head = format!("box {:>2}  {:<bw$}", k + 1, fmt_box(&r.bx));
+        match (r.top2(), &r.scores) {
+            (Some((best, second)), Some((s, _))) => {
+                let runner = match second {
+                    Some(n) => format!("  (runner-up: {} {:.3})", labels[n], s[n]),
+                    None => String::new(),
+                };
+                println!("{head}  {:<lw$}  {:.3}{runner}", labels[best], s[best]);
+            }
+            _ => println!("{head}  no label: {}", r.note.as_deref().unwrap_or("")),
+        }
+    }
+    if let Some(out) = &a.draw {
+        println!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+/// softmax(100·cos), computed in f64 with the maximum subtracted (finite for any finite cosines).
+fn softmax_100(cos: &[f32]) -> Vec<f32> {
+    let z: Vec<f64> = cos.iter().map(|c| 100.0 * *c as f64).collect();
+    let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| (v / s) as f32).collect()
+}
+
+/// `[x1, y1, x2, y2]` without trailing zeros.
+fn fmt_box(b: &[f32; 4]) -> String {
+    let f = |v: f32| if v.fract() == 0.0 && v.abs() < 1e9 { format!("{}", v as i64) } else { format!("{v:.1}") };
+    format!("[{}, {}, {}, {}]", f(b[0]), f(b[1]), f(b[2]), f(b[3]))
+}
+
+/// Draws each box outline in its own colour with `#k label score` next to it (above the box when there is room,
+/// else just inside its top edge). Degenerate boxes have no area and are not drawn.
+fn render(canvas: &mut image::RgbImage, results: &[BoxResult], labels: &[String]) {
+    let (thickness, scale) = draw::auto_sizes(canvas.width(), canvas.height());
+    // Outlines first, then all captions, so a later box's outline never covers an earlier caption.
+    for (k, r) in results.iter().enumerate() {
+        if r.bx[2] > r.bx[0] && r.bx[3] > r.bx[1] {
+            draw::draw_rect(canvas, r.bx, draw::palette(k), thickness);
+        }
+    }
+    for (k, r) in results.iter().enumerate() {
+        if !(r.bx[2] > r.bx[0] && r.bx[3] > r.bx[1]) {
+            continue;
+        }
+        let text = match (r.top2(), &r.scores) {
+            (Some((best, _)), Some((s, _))) => format!("#{} {} {:.2}", k + 1, labels[best], s[best]),
+            _ => format!("#{} no label", k + 1),
+        };
+        let color = draw::palette(k);
+        let (_, th) = draw::text_size(&text, scale);
+        let label_h = th as i64 + 2 * scale as i64;
+        let x = (r.bx[0].floor() as i64).max(0);
+        let top = (r.bx[1].floor() as i64).max(0);
+        let y = if top >= label_h { top - label_h } else { top };
+        draw::draw_label(canvas, x, y, &text, draw::contrast_text(color), color, scale);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_is_finite_and_sums_to_one() {
+        let p = softmax_100(&[1.0, -1.0, 0.3]);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(p.iter().all(|v| v.is_finite()));
+        assert_eq!(softmax_100(&[0.2]), vec![1.0]);
+    }
+
+    #[test]
+    fn box_formatting() {
+        assert_eq!(fmt_box(&[1.0, 2.0, 3.5, -4.0]), "[1, 2, 3.5, -4]");
+    }
 }

@@ -121,3 +121,74 @@ pub fn write_safetensors(
     safetensors::serialize_to_file(views, Some(meta), path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
+
+/// `--max-patches N` → the FG-CLIP 2 patch budget (absent: the official dynamic bucket). FG-CLIP has a fixed
+/// square input and ignores it, with a warning.
+pub fn patch_budget(max_patches: Option<usize>, family: fgclip::config::Family) -> Result<fgclip::PatchBudget> {
+    match max_patches {
+        Some(0) => bail!("--max-patches must be at least 1"),
+        Some(_) if family == fgclip::config::Family::FgClip => {
+            eprintln!("warning: --max-patches only applies to FG-CLIP 2; FG-CLIP uses its fixed square input");
+            Ok(fgclip::PatchBudget::Dynamic)
+        }
+        Some(n) => Ok(fgclip::PatchBudget::Fixed(n)),
+        None => Ok(fgclip::PatchBudget::Dynamic),
+    }
+}
+
+/// Fails early (before loading a model) when an image path does not name a file.
+pub fn check_image_files(paths: &[std::path::PathBuf]) -> Result<()> {
+    for p in paths {
+        if !p.exists() {
+            bail!("image file not found: {}", p.display());
+        }
+        if !p.is_file() {
+            bail!("image path is not a file: {}", p.display());
+        }
+    }
+    Ok(())
+}
+
+/// Fills a prompt template: every `{}` becomes the label. A template without `{}` is an error (it would give
+/// every label the same text).
+pub fn apply_template(template: &str, label: &str) -> Result<String> {
+    if !template.contains("{}") {
+        bail!("--template {template:?} must contain {{}} where the label goes");
+    }
+    Ok(template.replace("{}", label))
+}
+
+/// L2-normalised text embeddings `[M, D]` of `labels`, one per label. With several templates, as the official
+/// zero-shot and box evals do: embed every template, normalise each, average, renormalise.
+pub fn encode_labels(
+    model: &Model,
+    labels: &[String],
+    templates: &[String],
+    walk: fgclip::TextWalk,
+) -> Result<candle_core::Tensor> {
+    use candle_core::{DType, Tensor};
+    if labels.is_empty() {
+        bail!("the label list is empty: give --labels \"a,b,c\" or --labels-file F");
+    }
+    if templates.is_empty() {
+        bail!("no --template given");
+    }
+    let mut texts = Vec::with_capacity(labels.len() * templates.len());
+    for l in labels {
+        for t in templates {
+            texts.push(apply_template(t, l)?);
+        }
+    }
+    let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
+    let mut parts = vec![];
+    for chunk in refs.chunks(256) {
+        parts.push(model.encode_texts(chunk, walk).context("encoding the label texts")?);
+    }
+    let all = fgclip::nn::l2_normalize(&Tensor::cat(&parts, 0)?.to_dtype(DType::F32)?)?;
+    if templates.len() == 1 {
+        return Ok(all);
+    }
+    let d = all.dim(1)?;
+    let mean = all.reshape((labels.len(), templates.len(), d))?.mean(1)?;
+    Ok(fgclip::nn::l2_normalize(&mean)?)
+}

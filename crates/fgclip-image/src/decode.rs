@@ -212,6 +212,11 @@ fn decode_jpeg(bytes: &[u8], name: &str) -> Result<RgbImage, ImageError> {
                     name: name.to_string(),
                     detail: "JPEG data ends before the end of the image".to_string(),
                 },
+                // e.g. "Unsupported JPEG process: SOF type 0xc3" (lossless JPEG, which libjpeg-turbo 3 / Pillow can
+                // read but this libjpeg-turbo-2-based decoder cannot) or unsupported colour transforms.
+                JpegAbort::Fatal(msg) if msg.starts_with("Unsupported") => {
+                    ImageError::UnsupportedFormat { name: name.to_string(), detail: format!("JPEG: {msg}") }
+                }
                 JpegAbort::Fatal(msg) => ImageError::Corrupt { name: name.to_string(), detail: format!("JPEG: {msg}") },
             },
             // Anything else is a bug in this crate or the wrapper: keep it a panic.
@@ -280,20 +285,33 @@ fn cmyk_inverted_to_rgb(px: &[u8]) -> Vec<u8> {
 // Other formats through the `image` crate
 // ---------------------------------------------------------------------------------------------------------------
 
-fn map_image_error(e: image::ImageError, name: &str, what: ImageFormat) -> ImageError {
+fn format_name(f: ImageFormat) -> &'static str {
+    match f {
+        ImageFormat::Png => "PNG",
+        ImageFormat::Gif => "GIF",
+        ImageFormat::WebP => "WebP",
+        ImageFormat::Bmp => "BMP",
+        ImageFormat::Tiff => "TIFF",
+        ImageFormat::Jpeg => "JPEG",
+        _ => "image",
+    }
+}
+
+fn map_image_error(e: image::ImageError, name: &str, fmt: ImageFormat) -> ImageError {
     let name = name.to_string();
+    let what = format_name(fmt);
     match e {
         image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            ImageError::Truncated { name, detail: format!("{what:?} data ends early") }
+            ImageError::Truncated { name, detail: format!("{what} data ends early") }
         }
-        image::ImageError::Unsupported(u) => ImageError::UnsupportedFormat { name, detail: format!("{what:?}: {u}") },
+        image::ImageError::Unsupported(u) => ImageError::UnsupportedFormat { name, detail: format!("{what}: {u}") },
         other => {
             let msg = other.to_string();
             let lower = msg.to_lowercase();
             if lower.contains("eof") || lower.contains("end of file") || lower.contains("truncat") {
-                ImageError::Truncated { name, detail: format!("{what:?}: {msg}") }
+                ImageError::Truncated { name, detail: format!("{what}: {msg}") }
             } else {
-                ImageError::Corrupt { name, detail: format!("{what:?}: {msg}") }
+                ImageError::Corrupt { name, detail: format!("{what}: {msg}") }
             }
         }
     }

@@ -10,6 +10,7 @@
 //! folder itself, wins over `HF_HOME`), `HF_ENDPOINT` (mirror), `HF_TOKEN` (else `$HF_HOME/token`),
 //! `HF_HUB_OFFLINE=1` (no network: only the local cache is consulted).
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 
@@ -76,7 +77,12 @@ impl ModelFiles {
         })
     }
 
-    fn with_optional(root: PathBuf, config: PathBuf, weights: Vec<PathBuf>, mut opt: impl FnMut(&str) -> Result<Option<PathBuf>>) -> Result<Self> {
+    fn with_optional(
+        root: PathBuf,
+        config: PathBuf,
+        weights: Vec<PathBuf>,
+        mut opt: impl FnMut(&str) -> Result<Option<PathBuf>>,
+    ) -> Result<Self> {
         Ok(ModelFiles {
             root,
             config,
@@ -122,9 +128,10 @@ impl ModelSource {
         }
         Err(Error::Hub {
             model: model.to_string(),
-            msg: "no such local folder, and not a Hugging Face repo id (expected `owner/name` or `owner/name@revision`, \
+            msg:
+                "no such local folder, and not a Hugging Face repo id (expected `owner/name` or `owner/name@revision`, \
                   e.g. `qihoo360/fg-clip2-base`)"
-                .into(),
+                    .into(),
         })
     }
 }
@@ -183,10 +190,7 @@ pub fn read_index(index: &Path) -> Result<Vec<String>> {
     let err = |msg: String| Error::File { path: index.to_path_buf(), msg };
     let text = std::fs::read_to_string(index).map_err(|e| err(format!("cannot read: {e}")))?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(format!("invalid JSON: {e}")))?;
-    let map = json
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| err("no `weight_map` object".into()))?;
+    let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| err("no `weight_map` object".into()))?;
     let mut shards = BTreeSet::new();
     for (tensor, file) in map {
         let file = file.as_str().ok_or_else(|| err(format!("weight_map[{tensor:?}] is not a file name")))?;
@@ -297,6 +301,8 @@ fn resolve_cached(model: &str, cache: &Cache, repo: &Repo) -> Result<ModelFiles>
     ModelFiles::with_optional(snap.clone(), config, weights, |name| Ok(Some(snap.join(name)).filter(|p| p.is_file())))
 }
 
+/// Online: cached files are reused, missing ones downloaded. When the Hub cannot be reached at all (no network),
+/// fall back to the cached snapshot like `huggingface_hub` does, and fail only if that is incomplete too.
 fn resolve_online(model: &str, repo: Repo) -> Result<ModelFiles> {
     let hub_err = |msg: String| Error::Hub { model: model.to_string(), msg };
     let mut builder = ApiBuilder::from_env();
@@ -310,52 +316,81 @@ fn resolve_online(model: &str, repo: Repo) -> Result<ModelFiles> {
     }
     // hf-hub draws its own per-file progress bar (indicatif, hidden when stderr is not a terminal).
     let api = builder.with_progress(true).build().map_err(|e| hub_err(format!("cannot set up the Hub client: {e}")))?;
-    let api_repo = api.repo(repo);
+    let fetcher = Fetcher { api_repo: api.repo(repo.clone()), model, unreachable: Cell::new(false) };
+    match download_all(&fetcher) {
+        Ok(files) => Ok(files),
+        Err(err) if fetcher.unreachable.get() => match resolve_cached(model, &hub_cache(), &repo) {
+            Ok(files) => {
+                tracing::warn!(
+                    model,
+                    "Hugging Face Hub unreachable ({err}); using the cached snapshot {}",
+                    files.root.display()
+                );
+                Ok(files)
+            }
+            Err(_) => Err(err),
+        },
+        Err(err) => Err(err),
+    }
+}
 
-    let config = fetch(&api_repo, model, CONFIG_FILE)?
+fn download_all(f: &Fetcher) -> Result<ModelFiles> {
+    let hub_err = |msg: String| Error::Hub { model: f.model.to_string(), msg };
+    let config = f
+        .fetch(CONFIG_FILE)?
         .ok_or_else(|| hub_err(format!("{CONFIG_FILE} not found in the repo (is this a model repo?)")))?;
-    let weights = match fetch(&api_repo, model, WEIGHTS_FILE)? {
+    let weights = match f.fetch(WEIGHTS_FILE)? {
         Some(p) => vec![p],
         None => {
-            let index = fetch(&api_repo, model, WEIGHTS_INDEX_FILE)?.ok_or_else(|| {
+            let index = f.fetch(WEIGHTS_INDEX_FILE)?.ok_or_else(|| {
                 hub_err(format!("the repo has neither {WEIGHTS_FILE} nor {WEIGHTS_INDEX_FILE} (safetensors weights)"))
             })?;
             let mut shards = Vec::new();
             for shard in read_index(&index)? {
-                shards.push(
-                    fetch(&api_repo, model, &shard)?
-                        .ok_or_else(|| hub_err(format!("shard {shard} named by {WEIGHTS_INDEX_FILE} is not in the repo")))?,
-                );
+                shards.push(f.fetch(&shard)?.ok_or_else(|| {
+                    hub_err(format!("shard {shard} named by {WEIGHTS_INDEX_FILE} is not in the repo"))
+                })?);
             }
             shards
         }
     };
     let root = config.parent().map(Path::to_path_buf).unwrap_or_default();
-    ModelFiles::with_optional(root, config, weights, |name| fetch(&api_repo, model, name))
+    ModelFiles::with_optional(root, config, weights, |name| f.fetch(name))
 }
 
-/// Cached path or download; `Ok(None)` when the Hub answers 404 (file not in the repo).
-fn fetch(api_repo: &ApiRepo, model: &str, file: &str) -> Result<Option<PathBuf>> {
-    tracing::debug!(model, file, "hub: fetching");
-    match api_repo.get(file) {
-        Ok(p) => Ok(Some(p)),
-        Err(e) => {
-            let (kind, msg) = describe(e);
-            if kind == Failure::Status(404) {
-                tracing::debug!(model, file, "hub: not in the repo");
-                return Ok(None);
+struct Fetcher<'a> {
+    api_repo: ApiRepo,
+    model: &'a str,
+    /// Set when a request got no answer at all (DNS, connection, TLS).
+    unreachable: Cell<bool>,
+}
+
+impl Fetcher<'_> {
+    /// Cached path or download; `Ok(None)` when the Hub answers 404 (file not in the repo).
+    fn fetch(&self, file: &str) -> Result<Option<PathBuf>> {
+        let model = self.model;
+        tracing::debug!(model, file, "hub: fetching");
+        match self.api_repo.get(file) {
+            Ok(p) => Ok(Some(p)),
+            Err(e) => {
+                let (kind, msg) = describe(e);
+                if kind == Failure::Status(404) {
+                    tracing::debug!(model, file, "hub: not in the repo");
+                    return Ok(None);
+                }
+                let hint = match kind {
+                    Failure::Status(401) | Failure::Status(403) => {
+                        " (repo missing, private or gated: check the name, or set HF_TOKEN)"
+                    }
+                    Failure::Transport => {
+                        self.unreachable.set(true);
+                        " (no network, and no complete cached copy: set HF_HUB_OFFLINE=1 to use the local cache, \
+                         HF_ENDPOINT for a mirror, or pass a local folder)"
+                    }
+                    _ => "",
+                };
+                Err(Error::Hub { model: model.to_string(), msg: format!("downloading {file}: {msg}{hint}") })
             }
-            let hint = match kind {
-                Failure::Status(401) | Failure::Status(403) => {
-                    " (repo missing, private or gated: check the name, or set HF_TOKEN)"
-                }
-                Failure::Transport => {
-                    " (no network? set HF_HUB_OFFLINE=1 to use the local cache, HF_ENDPOINT for a mirror, or pass a \
-                     local folder)"
-                }
-                _ => "",
-            };
-            Err(Error::Hub { model: model.to_string(), msg: format!("downloading {file}: {msg}{hint}") })
         }
     }
 }

@@ -31,9 +31,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::utils::padding::{pad_encodings, PaddingDirection, PaddingParams, PaddingStrategy};
-use tokenizers::utils::truncation::{
-    truncate_encodings, TruncationDirection, TruncationParams, TruncationStrategy,
-};
+use tokenizers::utils::truncation::{truncate_encodings, TruncationDirection, TruncationParams, TruncationStrategy};
 use tokenizers::{AddedToken, Encoding, PostProcessor, SplitDelimiterBehavior, Tokenizer};
 
 use crate::hub::{ModelFiles, MERGES_TXT, SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG, TOKENIZER_JSON, VOCAB_JSON};
@@ -147,9 +145,7 @@ impl TextTokenizer {
         // `setdefault`s them); the length always comes from `encode`.
         let baked_pad = tokenizer.get_padding().cloned();
         let baked_trunc = tokenizer.get_truncation().cloned();
-        tokenizer
-            .with_truncation(None)
-            .map_err(|e| tok_err(&source, format!("cannot disable truncation: {e}")))?;
+        tokenizer.with_truncation(None).map_err(|e| tok_err(&source, format!("cannot disable truncation: {e}")))?;
         tokenizer.with_padding(None);
 
         // pad token: tokenizer_config.json > special_tokens_map.json > tokenizer.json padding > class default.
@@ -188,16 +184,15 @@ impl TextTokenizer {
             let mut single: Vec<String> = Vec::new();
             let mut pair: Vec<String> = Vec::new();
             let mut specials: Vec<(String, u32)> = Vec::new();
-            let mut special_id = |field: &str| -> Result<String> {
+            // A flag whose token is unset (null, or absent with no class default) is dropped, as HF does.
+            let mut special_id = |field: &str| -> Result<Option<String>> {
                 let tok = match cfg.special(field)? {
                     Special::Set(t) => t,
-                    _ => family.default_special(field).ok_or_else(|| {
-                        Error::Tokenizer(format!(
-                            "{}: `{}` is true but there is no `{field}`",
-                            files.root.display(),
-                            if field == "bos_token" { "add_bos_token" } else { "add_eos_token" }
-                        ))
-                    })?,
+                    Special::Null(_) => return Ok(None),
+                    Special::Absent => match family.default_special(field) {
+                        Some(t) => t,
+                        None => return Ok(None),
+                    },
                 };
                 let id = tokenizer.token_to_id(&tok).ok_or_else(|| {
                     Error::Tokenizer(format!(
@@ -208,10 +203,10 @@ impl TextTokenizer {
                     ))
                 })?;
                 specials.push((tok.clone(), id));
-                Ok(tok)
+                Ok(Some(tok))
             };
-            let bos = if add_bos == Some(true) { Some(special_id("bos_token")?) } else { None };
-            let eos = if add_eos == Some(true) { Some(special_id("eos_token")?) } else { None };
+            let bos = if add_bos == Some(true) { special_id("bos_token")? } else { None };
+            let eos = if add_eos == Some(true) { special_id("eos_token")? } else { None };
             for (seq, type_id) in [("$A", 0), ("$B", 1)] {
                 let target = if type_id == 0 { &mut single } else { &mut pair };
                 if let Some(b) = &bos {
@@ -316,8 +311,7 @@ impl TextTokenizer {
             pad_token: self.pad_token.clone(),
         };
 
-        let rows: Vec<Encoding> =
-            texts.par_iter().map(|t| self.encode_one(t, &trunc)).collect::<Result<_>>()?;
+        let rows: Vec<Encoding> = texts.par_iter().map(|t| self.encode_one(t, &trunc)).collect::<Result<_>>()?;
         let mut rows = rows;
         pad_encodings(&mut rows, &pad).map_err(|e| Error::Tokenizer(format!("padding: {e}")))?;
 
@@ -549,7 +543,10 @@ fn build_clip_bpe(vocab_path: &Path, merges_path: &Path, cfg: &TokenizerConfig, 
         }
     }
     let id_of = |t: &str| {
-        vocab.get(t).copied().ok_or_else(|| tok_err(vocab_path, format!("special token {t:?} is not in the vocabulary")))
+        vocab
+            .get(t)
+            .copied()
+            .ok_or_else(|| tok_err(vocab_path, format!("special token {t:?} is not in the vocabulary")))
     };
     let (bos_id, eos_id) = (id_of(&bos)?, id_of(&eos)?);
     id_of(&unk)?;

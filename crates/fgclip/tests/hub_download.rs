@@ -152,6 +152,11 @@ fn downloads_config_shards_and_optional_files() {
     })
     .unwrap();
     assert_eq!(offline, got);
+
+    // Hub unreachable and HF_HUB_OFFLINE not set: falls back to the cached snapshot (as huggingface_hub does).
+    let dead = format!("http://127.0.0.1:{}", TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+    let fallback = with_env(&dead, home.path(), || hub::resolve("org/name")).unwrap();
+    assert_eq!(fallback, got);
 }
 
 #[test]

@@ -142,8 +142,13 @@ fn model_argument_parsing() {
     let err = hub::resolve(missing.to_str().unwrap()).unwrap_err();
     assert!(matches!(err, fgclip::Error::Hub { .. }), "{err}");
     assert!(err.to_string().contains("no such local folder"), "{err}");
-    for id in ["qihoo360/fg-clip-base", "qihoo360/fg-clip-large", "qihoo360/fg-clip2-base", "qihoo360/fg-clip2-large",
-               "qihoo360/fg-clip2-so400m"] {
+    for id in [
+        "qihoo360/fg-clip-base",
+        "qihoo360/fg-clip-large",
+        "qihoo360/fg-clip2-base",
+        "qihoo360/fg-clip2-large",
+        "qihoo360/fg-clip2-so400m",
+    ] {
         assert_eq!(ModelSource::parse(id).unwrap(), ModelSource::Hub { repo_id: id.into(), revision: None });
     }
     assert_eq!(

@@ -32,9 +32,9 @@ fn check(tok: &TextTokenizer, texts: &[String], max_len: usize, expected: &(Vec<
     let batch = tok.encode(&refs, max_len).unwrap();
     assert_eq!((batch.n, batch.len), (texts.len(), max_len), "{what}: shape");
     assert_eq!(expected.0, vec![texts.len(), max_len], "{what}: fixture shape");
-    for i in 0..batch.n {
+    for (i, text) in texts.iter().enumerate() {
         let want: Vec<u32> = expected.1[i * max_len..(i + 1) * max_len].iter().map(|&v| v as u32).collect();
-        assert_eq!(batch.row(i), &want[..], "{what}: row {i} ({:?})", texts[i]);
+        assert_eq!(batch.row(i), &want[..], "{what}: row {i} ({text:?})");
         // The mask is 1 exactly on bos..eos. CLIP pads with its eos id, so the real part ends at the first eos;
         // for the Gemma-style fixture it ends at the last non-pad id (pad never occurs inside these texts).
         let real = if tok.pad_id() == 49407 {
