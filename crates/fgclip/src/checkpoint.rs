@@ -19,6 +19,8 @@ enum Source {
     Mmap(MmapedSafetensors),
     Tensors(HashMap<String, Tensor>),
     Vars(VarMap),
+    /// Random weights of whatever shape is asked for (benchmarks at real sizes without downloads).
+    Random { std: f64 },
 }
 
 /// A view of the checkpoint at a key prefix.
@@ -56,6 +58,12 @@ impl Weights {
         Self::new(Source::Vars(varmap.clone()), dtype, device)
     }
 
+    /// Random normal weights (std `std`; LayerNorm-style `weight` vectors near 1) of the requested shapes: a
+    /// model of any configuration without a checkpoint, for benchmarks and shape tests.
+    pub fn random(std: f64, dtype: DType, device: &Device) -> Self {
+        Self::new(Source::Random { std }, dtype, device)
+    }
+
     fn new(source: Source, dtype: DType, device: &Device) -> Self {
         Self { source: Arc::new(source), prefix: String::new(), dtype, device: device.clone() }
     }
@@ -85,6 +93,7 @@ impl Weights {
             Source::Mmap(st) => st.get(&key).is_ok(),
             Source::Tensors(ts) => ts.contains_key(&key),
             Source::Vars(vm) => vm.data().lock().map(|d| d.contains_key(&key)).unwrap_or(false),
+            Source::Random { .. } => true,
         }
     }
 
@@ -92,6 +101,12 @@ impl Weights {
     pub fn get(&self, shape: impl Into<Shape>, name: &str) -> Result<Tensor> {
         let key = self.path(name);
         let expected: Shape = shape.into();
+        if let Source::Random { std } = &*self.source {
+            let t = Tensor::randn(0f32, *std as f32, expected.clone(), &self.device)?;
+            // 1-D `weight`s are norm scales: keep them near 1 so activations stay in range.
+            let t = if expected.rank() == 1 && name == "weight" { (t + 1.0)? } else { t };
+            return Ok(t.to_dtype(self.dtype)?);
+        }
         let t = self.get_any(&key)?;
         if t.dims() != expected.dims() {
             return Err(Error::TensorShape { name: key, expected: expected.dims().to_vec(), found: t.dims().to_vec() });
@@ -109,6 +124,7 @@ impl Weights {
         let key = self.path(name);
         match &*self.source {
             Source::Mmap(st) => st.get(&key).map(|v| v.shape().to_vec()).map_err(|_| Error::MissingTensor { name: key }),
+            Source::Random { .. } => Err(Error::MissingTensor { name: key }),
             _ => Ok(self.get_any(&key)?.dims().to_vec()),
         }
     }
@@ -126,6 +142,9 @@ impl Weights {
                 let data = vm.data().lock().map_err(|_| Error::input("variable map lock poisoned"))?;
                 return Ok(data.get(key).ok_or_else(missing)?.as_tensor().clone());
             }
+            Source::Random { .. } => {
+                return Err(Error::input(format!("random weights need a shape: `{key}` was asked for without one")))
+            }
         };
         let t = if t.dtype() != self.dtype { t.to_dtype(self.dtype)? } else { t };
         Ok(t.to_device(&self.device)?)
@@ -137,6 +156,7 @@ impl Weights {
             Source::Mmap(st) => st.tensors().into_iter().map(|(k, _)| k).collect(),
             Source::Tensors(ts) => ts.keys().cloned().collect(),
             Source::Vars(vm) => vm.data().lock().map(|d| d.keys().cloned().collect()).unwrap_or_default(),
+            Source::Random { .. } => vec![],
         };
         v.sort();
         v

@@ -126,12 +126,10 @@ impl ModelSource {
         if is_repo_id(id) && revision.is_none_or(is_revision) {
             return Ok(ModelSource::Hub { repo_id: id.to_string(), revision: revision.map(str::to_string) });
         }
+        const EXPECTED: &str = "expected `owner/name` or `owner/name@revision`, e.g. `qihoo360/fg-clip2-base`";
         Err(Error::Hub {
             model: model.to_string(),
-            msg:
-                "no such local folder, and not a Hugging Face repo id (expected `owner/name` or `owner/name@revision`, \
-                  e.g. `qihoo360/fg-clip2-base`)"
-                    .into(),
+            msg: format!("no such local folder, and not a Hugging Face repo id ({EXPECTED})"),
         })
     }
 }

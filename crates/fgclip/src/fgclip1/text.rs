@@ -38,15 +38,19 @@ impl TextTower {
     pub fn load(w: &Weights, cfg: &ClipTextConfig) -> Result<Self> {
         let d = cfg.hidden_size;
         let emb = w.pp("embeddings");
-        let long_shape = emb.pp("position_embedding_res").shape_of("weight")?;
-        let long_len = long_shape.first().copied().unwrap_or(0);
-        if long_len <= KEEP_LEN {
-            return Err(Error::TensorShape {
-                name: "text_model.embeddings.position_embedding_res.weight".into(),
-                expected: vec![248, d],
-                found: long_shape,
-            });
-        }
+        // The long tables' length is the checkpoint's (248 = 4·77 − 3·20 in every release); a missing table is
+        // reported by the `get` below with that expected shape.
+        let long_len = match emb.pp("position_embedding_res").shape_of("weight") {
+            Ok(s) if s.len() == 2 && s[0] > KEEP_LEN => s[0],
+            Ok(s) => {
+                return Err(Error::TensorShape {
+                    name: "text_model.embeddings.position_embedding_res.weight".into(),
+                    expected: vec![4 * cfg.max_position_embeddings - 3 * KEEP_LEN, d],
+                    found: s,
+                })
+            }
+            Err(_) => 4 * cfg.max_position_embeddings - 3 * KEEP_LEN,
+        };
         Ok(Self {
             token_embedding: emb.pp("token_embedding").get((cfg.vocab_size, d), "weight")?,
             position_embedding: emb.pp("position_embedding").get((cfg.max_position_embeddings, d), "weight")?,
