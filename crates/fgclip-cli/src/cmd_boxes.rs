@@ -76,6 +76,9 @@ pub fn run(a: Args) -> Result<()> {
         .enumerate()
         .map(|(k, s)| common::parse_box(s).with_context(|| format!("--box #{}", k + 1)))
         .collect::<Result<_>>()?;
+    if let Some(out) = &a.draw {
+        draw::check_output_path(out, "--draw")?;
+    }
     common::check_image_files(std::slice::from_ref(&a.image))?;
     let img = fgclip::Model::load_images(std::slice::from_ref(&a.image))?.remove(0);
 
@@ -231,17 +234,20 @@ fn fmt_box(b: &[f32; 4]) -> String {
 }
 
 /// Draws each box outline in its own colour with `#k label score` next to it (above the box when there is room,
-/// else just inside its top edge). Degenerate boxes have no area and are not drawn.
+/// else just inside its top edge). Degenerate boxes and boxes wholly outside the image are not drawn.
 fn render(canvas: &mut image::RgbImage, results: &[BoxResult], labels: &[String]) {
     let (thickness, scale) = draw::auto_sizes(canvas.width(), canvas.height());
     // Outlines first, then all captions, so a later box's outline never covers an earlier caption.
+    let (w, h) = (canvas.width() as f32, canvas.height() as f32);
+    // Only boxes with some area inside the image are drawn (a box wholly outside has nothing to outline).
+    let visible = |b: &[f32; 4]| b[2] > b[0] && b[3] > b[1] && b[2] > 0.0 && b[3] > 0.0 && b[0] < w && b[1] < h;
     for (k, r) in results.iter().enumerate() {
-        if r.bx[2] > r.bx[0] && r.bx[3] > r.bx[1] {
+        if visible(&r.bx) {
             draw::draw_rect(canvas, r.bx, draw::palette(k), thickness);
         }
     }
     for (k, r) in results.iter().enumerate() {
-        if !(r.bx[2] > r.bx[0] && r.bx[3] > r.bx[1]) {
+        if !visible(&r.bx) {
             continue;
         }
         let text = match (r.top2(), &r.scores) {

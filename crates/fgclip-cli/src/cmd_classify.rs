@@ -79,8 +79,9 @@ pub fn run(a: Args) -> Result<()> {
         let logits = model.logits(&emb, &text)?;
         let probs = model.probabilities(&logits)?;
         let cos = fgclip::nn::l2_normalize(&emb.to_dtype(DType::F32)?)?.matmul(&text.t()?)?;
-        let (logits, probs, cos): (Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<Vec<f32>>) =
-            (logits.to_vec2()?, probs.to_vec2()?, cos.to_vec2()?);
+        let logits: Vec<Vec<f32>> = logits.to_vec2()?;
+        let probs: Vec<Vec<f32>> = probs.to_vec2()?;
+        let cos: Vec<Vec<f32>> = cos.to_vec2()?;
         for (i, path) in chunk.iter().enumerate() {
             if probs[i].iter().chain(&logits[i]).any(|v| !v.is_finite()) {
                 bail!("internal error: non-finite score for image {}", path.display());

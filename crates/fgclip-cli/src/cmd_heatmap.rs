@@ -56,6 +56,7 @@ pub fn run(a: Args) -> Result<()> {
         Some("short") => Some(TextWalk::Short),
         Some(w) => bail!("unknown --walk {w:?} (expected box or short)"),
     };
+    draw::check_output_path(&a.out, "--out")?;
     common::check_image_files(std::slice::from_ref(&a.image))?;
     let img = fgclip::Model::load_images(std::slice::from_ref(&a.image))?.remove(0);
 

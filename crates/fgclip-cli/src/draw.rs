@@ -153,6 +153,14 @@ pub fn alpha_blend(base: &mut RgbImage, overlay: &RgbImage, alpha: f32) {
     }
 }
 
+/// Checks, before any work, that `path` (given as `flag`) names an image format we can write.
+pub fn check_output_path(path: &Path, flag: &str) -> Result<()> {
+    match image::ImageFormat::from_path(path) {
+        Ok(f) if f.writing_enabled() => Ok(()),
+        _ => anyhow::bail!("{flag} {}: unknown or unwritable image format; use a .png file name", path.display()),
+    }
+}
+
 /// Writes `img` (format from the extension, PNG recommended), creating the parent folder.
 pub fn save(img: &RgbImage, path: &Path) -> Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {

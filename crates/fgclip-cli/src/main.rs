@@ -1,6 +1,7 @@
 //! `fgclip`: the command line of fgclip-rs. `main` parses; each subcommand lives in its own file and calls
 //! the library. Human output by default, `--json` for machines; errors go to stderr with a non-zero exit.
 
+mod cmd_bench;
 mod common;
 mod draw;
 mod cmd_boxes;
@@ -31,6 +32,8 @@ enum Command {
     Boxes(cmd_boxes::Args),
     /// Similarity heatmap of a text query over an image's patches, written as a PNG overlay.
     Heatmap(cmd_heatmap::Args),
+    /// Measure images/s and texts/s at the released models' real sizes (random weights).
+    Bench(cmd_bench::Args),
     /// Describe a checkpoint: family, sizes, embedding dimension, text lengths, patch budgets.
     Info(cmd_info::Args),
 }
@@ -50,6 +53,7 @@ fn main() {
         Command::Boxes(a) => cmd_boxes::run(a),
         Command::Heatmap(a) => cmd_heatmap::run(a),
         Command::Info(a) => cmd_info::run(a),
+        Command::Bench(a) => cmd_bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

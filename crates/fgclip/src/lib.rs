@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod fgclip1;
 pub mod fgclip2;
+pub mod flops;
 pub mod hub;
 pub mod nn;
 pub mod model;

@@ -1,0 +1,230 @@
+//! `fgclip bench`: our side of the side-by-side CPU/GPU benchmark (bench/run.sh runs the PyTorch and ONNX
+//! Runtime peers with the same workloads). Random weights at the released models' real sizes, so nothing is
+//! downloaded. Prints items/s, latency, peak RSS and the FLOP rate, one JSON object per line with `--json`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use fgclip::checkpoint::Weights;
+use fgclip::config::{ClipTextConfig, ClipVisionConfig, FgClipConfig, Fgclip2Config, Fgclip2TextConfig, Fgclip2VisionConfig};
+use fgclip::fgclip1::FgClip;
+use fgclip::fgclip2::{FgClip2, NaflexInput};
+use fgclip::{flops, TextWalk};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Workload (see --list).
+    #[arg(long, default_value = "fgclip-base-image")]
+    pub workload: String,
+    /// Batch sizes, comma-separated.
+    #[arg(long, default_value = "1,16")]
+    pub batch: String,
+    /// Threads (sets RAYON_NUM_THREADS for the tensor backend).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Minimum measured seconds per batch size.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// List the workloads and exit.
+    #[arg(long)]
+    pub list: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub const WORKLOADS: &[&str] = &[
+    "fgclip-base-image",
+    "fgclip-large-image",
+    "fgclip-base-text-77",
+    "fgclip-base-text-248",
+    "fgclip2-base-image-256",
+    "fgclip2-base-image-576",
+    "fgclip2-base-image-1024",
+    "fgclip2-base-text-64",
+    "fgclip2-base-text-196",
+    "preprocess-fgclip-640x480",
+    "preprocess-fgclip2-640x480",
+];
+
+fn v1_config(large: bool) -> Result<FgClipConfig> {
+    let (vision, text, proj) = if large {
+        (r#"{"hidden_size":1024,"num_hidden_layers":24,"num_attention_heads":16,"intermediate_size":4096,"patch_size":14,"image_size":336}"#,
+         r#"{"hidden_size":768,"num_hidden_layers":12,"num_attention_heads":12,"intermediate_size":3072}"#, 768)
+    } else {
+        (r#"{"patch_size":16,"image_size":224}"#, "{}", 512)
+    };
+    let vision: ClipVisionConfig = serde_json::from_str(vision)?;
+    let text: ClipTextConfig = serde_json::from_str(text)?;
+    Ok(FgClipConfig { vision, text, projection_dim: proj })
+}
+
+fn v2_config() -> Result<Fgclip2Config> {
+    let text: Fgclip2TextConfig = serde_json::from_str(r#"{"vocab_size":256000}"#)?;
+    let vision: Fgclip2VisionConfig = serde_json::from_str("{}")?;
+    Ok(Fgclip2Config { text, vision })
+}
+
+/// Peak resident set size of this process in MiB (VmHWM).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+struct Measured {
+    items_per_s: f64,
+    latency_ms_median: f64,
+    iterations: usize,
+}
+
+fn measure(batch: usize, warmup: usize, seconds: f64, mut step: impl FnMut() -> Result<()>) -> Result<Measured> {
+    for _ in 0..warmup {
+        step()?;
+    }
+    let mut lat = vec![];
+    let start = Instant::now();
+    while lat.len() < 3 || start.elapsed() < Duration::from_secs_f64(seconds) {
+        let t = Instant::now();
+        step()?;
+        lat.push(t.elapsed().as_secs_f64());
+    }
+    let total = start.elapsed().as_secs_f64();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Ok(Measured { items_per_s: (batch * lat.len()) as f64 / total, latency_ms_median: lat[lat.len() / 2] * 1e3, iterations: lat.len() })
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if a.list {
+        for w in WORKLOADS {
+            println!("{w}");
+        }
+        return Ok(());
+    }
+    if !WORKLOADS.contains(&a.workload.as_str()) {
+        bail!("unknown --workload {:?}; one of: {}", a.workload, WORKLOADS.join(", "));
+    }
+    // Must happen before the first parallel op initialises the thread pool.
+    std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
+    let device = crate::common::parse_device(&a.device)?;
+    let dtype = match a.dtype.as_str() {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        d => bail!("unknown --dtype {d:?}"),
+    };
+    let batches: Vec<usize> =
+        a.batch.split(',').map(|s| s.trim().parse::<usize>()).collect::<std::result::Result<_, _>>().context("--batch: comma-separated numbers")?;
+    if batches.iter().any(|&b| b == 0) {
+        bail!("--batch sizes must be at least 1");
+    }
+    let w = Weights::random(0.02, dtype, &device);
+    let wl = a.workload.as_str();
+    for &b in &batches {
+        let (m, flops_per_item) = if let Some(rest) = wl.strip_prefix("preprocess-") {
+            bench_preprocess(rest, b, &a)?
+        } else if wl.starts_with("fgclip-") {
+            let cfg = v1_config(wl.contains("large"))?;
+            let model = FgClip::load(&w, &cfg)?;
+            if wl.ends_with("image") {
+                let s = cfg.vision.image_size;
+                let pv = Tensor::randn(0f32, 1.0, (b, 3, s, s), &device)?.to_dtype(dtype)?;
+                (measure(b, a.warmup, a.seconds, || Ok(model.image_features(&pv).map(|_| ())?))?, flops::fgclip_image(&cfg.vision, cfg.projection_dim))
+            } else {
+                let len: usize = wl.rsplit('-').next().unwrap().parse()?;
+                let ids = random_ids(b, len, 49406, Some(49407), &device)?;
+                let long = len > cfg.text.max_position_embeddings;
+                (measure(b, a.warmup, a.seconds, || Ok(model.text_features(&ids, long).map(|_| ())?))?, flops::fgclip_text(&cfg.text, len, cfg.projection_dim))
+            }
+        } else {
+            let cfg = v2_config()?;
+            let model = FgClip2::load(&w, &cfg)?;
+            let n: usize = wl.rsplit('-').next().unwrap().parse()?;
+            if wl.contains("image") {
+                let g = (n as f64).sqrt() as usize;
+                let pv = Tensor::randn(0f32, 1.0, (b, n, 768), &device)?.to_dtype(dtype)?;
+                let valid = Tensor::ones((b, n), DType::F32, &device)?;
+                let grids = vec![(g, g); b];
+                let input = NaflexInput { pixel_values: &pv, valid: &valid, grids: &grids };
+                (measure(b, a.warmup, a.seconds, || Ok(model.image_features(&input).map(|_| ())?))?, flops::fgclip2_image(&cfg.vision, n))
+            } else {
+                let ids = random_ids(b, n, 255_999, None, &device)?;
+                let walk = if n > cfg.text.max_position_embeddings { TextWalk::Long } else { TextWalk::Short };
+                (measure(b, a.warmup, a.seconds, || Ok(model.text_features(&ids, None, walk).map(|_| ())?))?, flops::fgclip2_text(&cfg.text, n))
+            }
+        };
+        let gflops = m.items_per_s * flops_per_item / 1e9;
+        let rss = peak_rss_mib();
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "impl": "fgclip-rs", "workload": wl, "batch": b, "threads": a.threads, "device": a.device, "dtype": a.dtype,
+                    "items_per_s": m.items_per_s, "latency_ms_median": m.latency_ms_median, "iterations": m.iterations,
+                    "peak_rss_mib": rss, "flops_per_item": flops_per_item, "achieved_gflops": gflops,
+                })
+            );
+        } else {
+            println!(
+                "{wl:<28} b={b:<4} {:>9.2} items/s  {:>8.1} ms/batch  {:>7.1} GFLOP/s  peak RSS {:.0} MiB  ({} iters, {} threads)",
+                m.items_per_s, m.latency_ms_median, gflops, rss, m.iterations, a.threads
+            );
+        }
+    }
+    Ok(())
+}
+
+fn random_ids(b: usize, len: usize, max: u32, eos_last: Option<u32>, device: &Device) -> Result<Tensor> {
+    // A fixed LCG: reproducible ids without another dependency.
+    let mut state = 0x2545F4914F6CDD1Du64;
+    let mut v = Vec::with_capacity(b * len);
+    for _ in 0..b {
+        for j in 0..len {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let id = match eos_last {
+                Some(eos) if j == len - 1 => eos,
+                _ => ((state >> 33) % max as u64) as u32,
+            };
+            v.push(id);
+        }
+    }
+    Ok(Tensor::from_vec(v, (b, len), device)?)
+}
+
+/// Decode + preprocess of a 640×480 JPEG (a synthetic photo-like image encoded once), single-threaded;
+/// `b` images per step.
+fn bench_preprocess(which: &str, b: usize, a: &Args) -> Result<(Measured, f64)> {
+    let (w, h) = (640u32, 480u32);
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        let v = ((x as f32 * 0.05).sin() * 60.0 + (y as f32 * 0.03).cos() * 60.0 + 128.0) as u8;
+        image::Rgb([v, v.wrapping_add((x * 3 % 97) as u8), v.wrapping_sub((y * 5 % 89) as u8)])
+    });
+    let mut jpeg = vec![];
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90).encode_image(&img).context("encoding the test JPEG")?;
+    let v2 = which.starts_with("fgclip2");
+    let m = measure(b, a.warmup, a.seconds, || {
+        for _ in 0..b {
+            let rgb = fgclip::fgclip_image::decode_rgb(&jpeg, "bench.jpg")?;
+            if v2 {
+                let n = fgclip::fgclip_image::naflex::bucket_max_patches(rgb.height, rgb.width);
+                std::hint::black_box(fgclip::fgclip_image::naflex::preprocess(&rgb, 16, n, [0.5; 3], [0.5; 3]));
+            } else {
+                use fgclip::fgclip_image::clip;
+                std::hint::black_box(clip::preprocess(&rgb, 224, clip::OPENAI_MEAN, clip::OPENAI_STD));
+            }
+        }
+        Ok(())
+    })?;
+    Ok((m, 0.0))
+}
