@@ -2,42 +2,10 @@
 //! The models are random, so these pin the output contract (shapes, probability conventions, errors), never
 //! which label wins.
 
+mod common;
+
+use common::*;
 use std::path::PathBuf;
-use std::process::Output;
-
-/// The shared fixtures folder (`FGCLIP_FIXTURES` overrides); `None` (and a SKIP line) when absent.
-fn fixtures() -> Option<PathBuf> {
-    let p = std::env::var_os("FGCLIP_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures")));
-    if p.join("fgclip2/model/config.json").is_file() && p.join("images/cat_dfclor.jpg").is_file() {
-        Some(p)
-    } else {
-        eprintln!("SKIP: fixtures not found at {} (set FGCLIP_FIXTURES)", p.display());
-        None
-    }
-}
-
-fn fgclip(args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_fgclip"))
-        .args(args)
-        .env_remove("FGCLIP_MODEL")
-        .output()
-        .expect("running the fgclip binary")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn ok_json(o: &Output) -> serde_json::Value {
-    assert!(o.status.success(), "exit {:?}\nstderr: {}", o.status, stderr(o));
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)))
-}
-
-fn s(p: &std::path::Path) -> String {
-    p.display().to_string()
-}
 
 #[test]
 fn fgclip_probabilities_are_a_softmax_over_labels() {

@@ -8,6 +8,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::nn::BlockDims;
+
 use crate::{Error, Result};
 
 /// Activation functions used by the released checkpoints.
@@ -184,6 +186,25 @@ pub struct Fgclip2Config {
     pub text: Fgclip2TextConfig,
     pub vision: Fgclip2VisionConfig,
 }
+
+/// Every tower config names its block sizes the same way (HF convention).
+macro_rules! impl_block_dims {
+    ($($t:ty),*) => {$(
+        impl $t {
+            pub fn block_dims(&self) -> BlockDims {
+                BlockDims {
+                    hidden: self.hidden_size,
+                    layers: self.num_hidden_layers,
+                    heads: self.num_attention_heads,
+                    intermediate: self.intermediate_size,
+                    act: self.hidden_act,
+                    eps: self.layer_norm_eps,
+                }
+            }
+        }
+    )*};
+}
+impl_block_dims!(ClipTextConfig, ClipVisionConfig, Fgclip2TextConfig, Fgclip2VisionConfig);
 
 // ---------------------------------------------------------------- family detection
 

@@ -43,15 +43,7 @@ impl VisionTower {
             class_embedding: emb.get(d, "class_embedding")?,
             position_embedding: emb.pp("position_embedding").get((g * g + 1, d), "weight")?,
             pre_layrnorm: LayerNorm::load(&w.pp("pre_layrnorm"), d, cfg.layer_norm_eps)?,
-            encoder: Encoder::load(
-                &w.pp("encoder"),
-                cfg.num_hidden_layers,
-                d,
-                cfg.num_attention_heads,
-                cfg.intermediate_size,
-                cfg.hidden_act,
-                cfg.layer_norm_eps,
-            )?,
+            encoder: Encoder::load(&w.pp("encoder"), &cfg.block_dims())?,
             post_layernorm: LayerNorm::load(&w.pp("post_layernorm"), d, cfg.layer_norm_eps)?,
             cfg: cfg.clone(),
         })

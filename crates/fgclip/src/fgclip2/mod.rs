@@ -45,14 +45,7 @@ impl FgClip2 {
         Ok(Self {
             vision_model: VisionTower::load(&w.pp("vision_model"), v)?,
             text_model: TextTower::load(&w.pp("text_model"), &cfg.text)?,
-            dense_feature_head: MapHead::load(
-                &w.pp("dense_feature_head"),
-                v.hidden_size,
-                v.num_attention_heads,
-                v.intermediate_size,
-                v.hidden_act,
-                v.layer_norm_eps,
-            )?,
+            dense_feature_head: MapHead::load(&w.pp("dense_feature_head"), &v.block_dims())?,
             longtext_head: Linear::load(&w.pp("longtext_head"), dt, dt, true)?,
             boxtext_head: Linear::load(&w.pp("boxtext_head"), dt, dt, true)?,
             logit_scale: w.get(1, "logit_scale")?,

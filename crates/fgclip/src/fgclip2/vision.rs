@@ -34,24 +34,9 @@ impl VisionTower {
         Ok(Self {
             patch_embedding: Linear::load(&emb.pp("patch_embedding"), patch_dim, d, true)?,
             position_embedding: emb.pp("position_embedding").get((cfg.num_patches, d), "weight")?,
-            encoder: Encoder::load(
-                &w.pp("encoder"),
-                cfg.num_hidden_layers,
-                d,
-                cfg.num_attention_heads,
-                cfg.intermediate_size,
-                cfg.hidden_act,
-                cfg.layer_norm_eps,
-            )?,
+            encoder: Encoder::load(&w.pp("encoder"), &cfg.block_dims())?,
             post_layernorm: LayerNorm::load(&w.pp("post_layernorm"), d, cfg.layer_norm_eps)?,
-            head: MapHead::load(
-                &w.pp("head"),
-                d,
-                cfg.num_attention_heads,
-                cfg.intermediate_size,
-                cfg.hidden_act,
-                cfg.layer_norm_eps,
-            )?,
+            head: MapHead::load(&w.pp("head"), &cfg.block_dims())?,
             cfg: cfg.clone(),
         })
     }

@@ -152,6 +152,17 @@ impl EncoderLayer {
     }
 }
 
+/// The sizes of a tower's transformer blocks, read from its config (`hidden_size`, `num_hidden_layers`, ...).
+#[derive(Clone, Copy, Debug)]
+pub struct BlockDims {
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub intermediate: usize,
+    pub act: Activation,
+    pub eps: f64,
+}
+
 /// A stack of encoder layers.
 #[derive(Clone, Debug)]
 pub struct Encoder {
@@ -159,9 +170,12 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    pub fn load(w: &Weights, n: usize, dim: usize, heads: usize, inter: usize, act: Activation, eps: f64) -> Result<Self> {
+    /// `w` is the tower's `encoder` prefix.
+    pub fn load(w: &Weights, d: &BlockDims) -> Result<Self> {
         let w = w.pp("layers");
-        let layers = (0..n).map(|i| EncoderLayer::load(&w.pp(i), dim, heads, inter, act, eps)).collect::<Result<_>>()?;
+        let layers = (0..d.layers)
+            .map(|i| EncoderLayer::load(&w.pp(i), d.hidden, d.heads, d.intermediate, d.act, d.eps))
+            .collect::<Result<_>>()?;
         Ok(Self { layers })
     }
 

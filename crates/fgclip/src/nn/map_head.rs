@@ -10,9 +10,8 @@
 use candle_core::{Module, Result as CResult, Tensor};
 
 use super::attention::{Attention, KeyMask};
-use super::layers::{LayerNorm, Mlp};
+use super::layers::{BlockDims, LayerNorm, Mlp};
 use crate::checkpoint::Weights;
-use crate::config::Activation;
 use crate::Result;
 
 #[derive(Clone, Debug)]
@@ -24,7 +23,8 @@ pub struct MapHead {
 }
 
 impl MapHead {
-    pub fn load(w: &Weights, dim: usize, heads: usize, inter: usize, act: Activation, eps: f64) -> Result<Self> {
+    pub fn load(w: &Weights, d: &BlockDims) -> Result<Self> {
+        let (dim, heads, inter, act, eps) = (d.hidden, d.heads, d.intermediate, d.act, d.eps);
         Ok(Self {
             probe: w.get((1, 1, dim), "probe")?,
             attention: Attention::load_packed(&w.pp("attention"), dim, heads)?,

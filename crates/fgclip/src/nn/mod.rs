@@ -9,7 +9,7 @@ pub mod map_head;
 pub mod roi_align;
 
 pub use attention::{Attention, KeyMask};
-pub use layers::{Act, Encoder, EncoderLayer, LayerNorm, Linear, Mlp};
+pub use layers::{Act, BlockDims, Encoder, EncoderLayer, LayerNorm, Linear, Mlp};
 pub use map_head::MapHead;
 
 use candle_core::Tensor;
