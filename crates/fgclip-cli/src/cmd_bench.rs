@@ -34,6 +34,13 @@ pub struct Args {
     /// f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// Instead of timing, write a random checkpoint of the workload's model in the official layout
+    /// (config.json + model.safetensors; tokenizer files are copied from --tokenizer-from) into this folder.
+    #[arg(long)]
+    pub write_checkpoint: Option<std::path::PathBuf>,
+    /// Folder whose tokenizer files are copied next to a written checkpoint.
+    #[arg(long)]
+    pub tokenizer_from: Option<std::path::PathBuf>,
     /// List the workloads and exit.
     #[arg(long)]
     pub list: bool,
@@ -131,6 +138,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     let w = Weights::random(0.02, dtype, &device);
     let wl = a.workload.as_str();
+    if let Some(dir) = &a.write_checkpoint {
+        return write_checkpoint(wl, dir, a.tokenizer_from.as_deref());
+    }
     for &b in &batches {
         let (m, flops_per_item) = if let Some(rest) = wl.strip_prefix("preprocess-") {
             bench_preprocess(rest, b, &a)?
@@ -227,4 +237,45 @@ fn bench_preprocess(which: &str, b: usize, a: &Args) -> Result<(Measured, f64)> 
         Ok(())
     })?;
     Ok((m, 0.0))
+}
+
+/// Writes the workload's model with random weights as an official-layout checkpoint (for RSS and end-to-end
+/// measurements of the CLI at real sizes).
+fn write_checkpoint(wl: &str, dir: &std::path::Path, tokenizer_from: Option<&std::path::Path>) -> Result<()> {
+    let w = Weights::random(0.02, DType::F32, &Device::Cpu);
+    let config = if wl.starts_with("fgclip-") {
+        let large = wl.contains("large");
+        let cfg = v1_config(large)?;
+        FgClip::load(&w, &cfg)?;
+        let (v, t) = (&cfg.vision, &cfg.text);
+        serde_json::json!({
+            "architectures": ["FGCLIPModel"], "model_type": "clip", "projection_dim": cfg.projection_dim,
+            "vision_config": {"hidden_size": v.hidden_size, "num_hidden_layers": v.num_hidden_layers, "num_attention_heads": v.num_attention_heads,
+                "intermediate_size": v.intermediate_size, "patch_size": v.patch_size, "image_size": v.image_size, "hidden_act": "quick_gelu"},
+            "text_config": {"hidden_size": t.hidden_size, "num_hidden_layers": t.num_hidden_layers, "num_attention_heads": t.num_attention_heads,
+                "intermediate_size": t.intermediate_size, "vocab_size": t.vocab_size, "max_position_embeddings": t.max_position_embeddings, "hidden_act": "quick_gelu"},
+        })
+    } else {
+        let cfg = v2_config()?;
+        FgClip2::load(&w, &cfg)?;
+        serde_json::json!({
+            "architectures": ["FG_CLIP2_Model"], "model_type": "fgclip2",
+            "vision_config": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072, "patch_size": 16, "num_patches": 256},
+            "text_config": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072, "vocab_size": 256000,
+                "max_position_embeddings": 64, "longtext_len": 196, "keep_len": 20, "projection_size": 768},
+        })
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    let tensors: std::collections::BTreeMap<String, Tensor> = w.recorded().into_iter().collect();
+    crate::common::write_safetensors(&dir.join("model.safetensors"), &tensors, Default::default())?;
+    if let Some(src) = tokenizer_from {
+        for f in ["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json", "preprocessor_config.json"] {
+            if src.join(f).is_file() {
+                std::fs::copy(src.join(f), dir.join(f)).with_context(|| format!("copying {f}"))?;
+            }
+        }
+    }
+    println!("wrote {} ({} tensors)", dir.display(), tensors.len());
+    Ok(())
 }
