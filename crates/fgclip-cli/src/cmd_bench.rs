@@ -41,6 +41,9 @@ pub struct Args {
     /// Folder whose tokenizer files are copied next to a written checkpoint.
     #[arg(long)]
     pub tokenizer_from: Option<std::path::PathBuf>,
+    /// Use the plain differentiable ops instead of the fused CPU kernels (to measure what they buy).
+    #[arg(long)]
+    pub no_fast: bool,
     /// List the workloads and exit.
     #[arg(long)]
     pub list: bool,
@@ -136,6 +139,18 @@ pub fn run(a: Args) -> Result<()> {
     if batches.iter().any(|&b| b == 0) {
         bail!("--batch sizes must be at least 1");
     }
+    // As `Model::load` does: on the CPU, bf16 means f32 tensors with bf16 GEMMs inside the fast path.
+    use fgclip::nn::fast::GemmPrecision;
+    let cpu = device.is_cpu();
+    let fast = if cpu && !a.no_fast {
+        Some(if dtype == DType::BF16 { GemmPrecision::Bf16 } else { GemmPrecision::F32 })
+    } else {
+        None
+    };
+    if cpu && dtype == DType::BF16 && fast.is_none() {
+        bail!("bf16 on the CPU needs the fast path");
+    }
+    let dtype = if cpu && dtype == DType::BF16 { DType::F32 } else { dtype };
     let w = Weights::random(0.02, dtype, &device);
     let wl = a.workload.as_str();
     if let Some(dir) = &a.write_checkpoint {
@@ -146,7 +161,8 @@ pub fn run(a: Args) -> Result<()> {
             bench_preprocess(rest, b, &a)?
         } else if wl.starts_with("fgclip-") {
             let cfg = v1_config(wl.contains("large"))?;
-            let model = FgClip::load(&w, &cfg)?;
+            let mut model = FgClip::load(&w, &cfg)?;
+            model.set_fast(fast)?;
             if wl.ends_with("image") {
                 let s = cfg.vision.image_size;
                 let pv = Tensor::randn(0f32, 1.0, (b, 3, s, s), &device)?.to_dtype(dtype)?;
@@ -159,7 +175,8 @@ pub fn run(a: Args) -> Result<()> {
             }
         } else {
             let cfg = v2_config()?;
-            let model = FgClip2::load(&w, &cfg)?;
+            let mut model = FgClip2::load(&w, &cfg)?;
+            model.set_fast(fast)?;
             let n: usize = wl.rsplit('-').next().unwrap().parse()?;
             if wl.contains("image") {
                 let g = (n as f64).sqrt() as usize;

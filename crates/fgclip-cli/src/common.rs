@@ -36,7 +36,7 @@ impl ModelArgs {
             "off" => TextMask::Off,
             m => bail!("unknown --text-mask {m:?} (expected auto, on or off)"),
         };
-        let opts = LoadOptions { device, dtype, text_mask };
+        let opts = LoadOptions { device, dtype, text_mask, ..Default::default() };
         Model::load(&self.model, &opts).with_context(|| format!("loading model {}", self.model))
     }
 }

@@ -37,11 +37,13 @@ pub struct LoadOptions {
     /// Compute dtype (weights are converted on load). f32 is the parity reference.
     pub dtype: DType,
     pub text_mask: TextMask,
+    /// Use the fused CPU inference kernels (`nn::fast`). Off gives the plain differentiable ops (same math).
+    pub fast: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, dtype: DType::F32, text_mask: TextMask::Auto }
+        Self { device: Device::Cpu, dtype: DType::F32, text_mask: TextMask::Auto, fast: true }
     }
 }
 
@@ -126,17 +128,27 @@ impl Model {
     }
 
     pub fn from_files(files: ModelFiles, opts: &LoadOptions) -> Result<Self> {
-        if opts.device.is_cpu() && opts.dtype == DType::BF16 {
-            return Err(Error::input(
-                "bf16 is not supported on the CPU by the tensor backend (no bf16 matmul); use --dtype f32",
-            ));
+        // On the CPU, bf16 means bf16 GEMMs (AVX512-BF16, f32 accumulation) inside the fast path, with f32
+        // tensors everywhere else: the tensor backend has no bf16 matmul.
+        let cpu_bf16 = opts.device.is_cpu() && opts.dtype == DType::BF16;
+        if cpu_bf16 && !opts.fast {
+            return Err(Error::input("bf16 on the CPU needs the fast path (it has the bf16 GEMM)"));
         }
+        let dtype = if cpu_bf16 { DType::F32 } else { opts.dtype };
         let config = ModelConfig::from_file(&files.config)?;
-        let weights = Weights::from_safetensors(&files.weights, opts.dtype, &opts.device)?;
-        let towers = match &config {
+        let weights = Weights::from_safetensors(&files.weights, dtype, &opts.device)?;
+        let mut towers = match &config {
             ModelConfig::FgClip(c) => Towers::FgClip(FgClip::load(&weights, c)?),
             ModelConfig::FgClip2(c) => Towers::FgClip2(FgClip2::load(&weights, c)?),
         };
+        if opts.fast && opts.device.is_cpu() {
+            use crate::nn::fast::GemmPrecision;
+            let p = Some(if cpu_bf16 { GemmPrecision::Bf16 } else { GemmPrecision::F32 });
+            match &mut towers {
+                Towers::FgClip(m) => m.set_fast(p)?,
+                Towers::FgClip2(m) => m.set_fast(p)?,
+            }
+        }
         let family = config.family();
         // FG-CLIP 2 callers lower-case (spec §10.3); CLIP's tokenizer lower-cases by itself.
         let tok_opts = TokenizerOptions { lowercase: family == Family::FgClip2, ..Default::default() };
@@ -148,7 +160,7 @@ impl Model {
             (Family::FgClip2, TextMask::Off) => false,
         };
         let preprocess = read_preprocess_config(files.preprocessor_config.as_deref(), family)?;
-        Ok(Self { towers, config, tokenizer, preprocess, files, weights, device: opts.device.clone(), dtype: opts.dtype, text_mask })
+        Ok(Self { towers, config, tokenizer, preprocess, files, weights, device: opts.device.clone(), dtype, text_mask })
     }
 
     pub fn family(&self) -> Family {

@@ -48,6 +48,13 @@ impl FgClip {
         })
     }
 
+    /// Enables (or disables with `None`) the CPU inference fast path of both towers.
+    pub fn set_fast(&mut self, precision: Option<crate::nn::fast::GemmPrecision>) -> Result<()> {
+        self.vision_model.encoder.set_fast(precision)?;
+        self.text_model.encoder.set_fast(precision)?;
+        Ok(())
+    }
+
     /// `get_image_features`: `[B, 3, S, S]` → `[B, P]`.
     pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let out = self.vision_model.forward(pixel_values)?;

@@ -54,6 +54,13 @@ impl FgClip2 {
         })
     }
 
+    /// Enables (or disables with `None`) the CPU inference fast path of both towers.
+    pub fn set_fast(&mut self, precision: Option<crate::nn::fast::GemmPrecision>) -> Result<()> {
+        self.vision_model.encoder.set_fast(precision)?;
+        self.text_model.encoder.set_fast(precision)?;
+        Ok(())
+    }
+
     fn tokens(&self, input: &NaflexInput) -> Result<(Tensor, KeyMask)> {
         let mask = KeyMask::from_valid(input.valid, input.pixel_values.dtype())?;
         let x = self.vision_model.last_hidden_state(input.pixel_values, input.grids, &mask)?;

@@ -123,6 +123,8 @@ pub struct EncoderLayer {
     pub self_attn: Attention,
     pub layer_norm2: LayerNorm,
     pub mlp: Mlp,
+    /// The CPU inference fast path for this block, when enabled (see `nn::fast`).
+    pub fast: Option<std::sync::Arc<super::fast::FastBlock>>,
 }
 
 impl EncoderLayer {
@@ -132,10 +134,18 @@ impl EncoderLayer {
             self_attn: Attention::load_separate(&w.pp("self_attn"), dim, heads)?,
             layer_norm2: LayerNorm::load(&w.pp("layer_norm2"), dim, eps)?,
             mlp: Mlp::load(&w.pp("mlp"), dim, inter, act)?,
+            fast: None,
         })
     }
 
     pub fn forward(&self, x: &Tensor, mask: &KeyMask) -> CResult<Tensor> {
+        if let Some(block) = &self.fast {
+            // Same math as below in fused kernels; only for untracked f32 CPU tensors.
+            if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && !x.track_op() {
+                let op = super::fast::FastBlockOp { block, mask: super::fast::FastMask::from_key_mask(mask)? };
+                return x.contiguous()?.apply_op1_no_bwd(&op);
+            }
+        }
         let h = self.self_attn.forward(&self.layer_norm1.forward(x)?, mask)?;
         let x = (x + h)?;
         let h = self.mlp.forward(&self.layer_norm2.forward(&x)?)?;
@@ -188,6 +198,17 @@ impl Encoder {
             x = layer.forward(&x, mask)?;
         }
         Ok((x, penultimate))
+    }
+
+    /// Prepares (or, with `None`, drops) the CPU inference fast path of every block.
+    pub fn set_fast(&mut self, precision: Option<super::fast::GemmPrecision>) -> CResult<()> {
+        for l in &mut self.layers {
+            l.fast = None;
+            if let Some(p) = precision {
+                l.fast = super::fast::FastBlock::new(l, p)?.map(std::sync::Arc::new);
+            }
+        }
+        Ok(())
     }
 
     pub fn forward(&self, x: &Tensor, mask: &KeyMask) -> CResult<Tensor> {

@@ -3,6 +3,7 @@
 //! involved is tracked by autograd (see [`tracked`]), and a test checks both paths agree.
 
 pub mod attention;
+pub mod fast;
 pub mod interp;
 pub mod layers;
 pub mod map_head;

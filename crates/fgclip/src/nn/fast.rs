@@ -1,0 +1,349 @@
+//! The CPU inference fast path: a whole pre-LN encoder block as one custom op over f32 slices.
+//!
+//! Stock candle spends most of a ViT block outside its GEMMs (head reshapes and copies, separate bias,
+//! activation and residual passes, a spinning thread barrier per elementwise op — stack notes). Here a block is
+//! LayerNorm → one fused QKV GEMM → our fused attention kernel (reads heads straight out of the QKV buffer) →
+//! out-projection GEMM with the residual add fused into its store → LayerNorm → fc1 GEMM with bias+activation
+//! fused → fc2 GEMM with the residual fused. GEMMs run in f32 (the `gemm` crate, same as candle's) or, in bf16
+//! mode, through our AVX512-BF16 kernel with f32 accumulation.
+//!
+//! Inference only: it is used when nothing is tracked by autograd and the tensors live on the CPU; training and
+//! other devices take the differentiable path in `layers.rs`, which this must match (tested).
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result as CResult, Shape, Tensor};
+use fgclip_kernels::attention::{attention_f32, AttnMask, AttnShape};
+use fgclip_kernels::gemm::{linear_bf16, Epilogue, PackedBf16};
+use rayon::prelude::*;
+
+use super::attention::KeyMask;
+use super::layers::{EncoderLayer, LayerNorm, Linear};
+
+use crate::config::Activation;
+
+/// GEMM precision of the fast path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemmPrecision {
+    /// f32 everywhere: the parity reference.
+    F32,
+    /// bf16 weights and GEMM inputs, f32 accumulation and everything else f32.
+    Bf16,
+}
+
+/// A Linear layer's weights prepared for the fast path.
+enum FastWeight {
+    /// The model's own `[n_out, k]` f32 tensor, read in place (no second copy of the weights).
+    F32(Tensor),
+    Bf16(PackedBf16),
+}
+
+impl std::fmt::Debug for FastWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FastWeight::F32(t) => write!(f, "F32{:?}", t.dims()),
+            FastWeight::Bf16(p) => write!(f, "Bf16[{}, {}]", p.n_out(), p.k()),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct FastLinear {
+    w: FastWeight,
+    bias: Vec<f32>,
+    n_out: usize,
+    k: usize,
+}
+
+fn to_vec(t: &Tensor) -> CResult<Vec<f32>> {
+    t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()
+}
+
+/// What to do with `x·Wᵀ` when storing it.
+#[derive(Clone, Copy)]
+pub enum Epi<'a> {
+    Bias,
+    BiasAct(Activation),
+    BiasResidual(&'a [f32]),
+}
+
+/// Where a GEMM writes: `out[r·stride + off + j]`.
+pub struct OutView<'a> {
+    pub data: &'a mut [f32],
+    pub stride: usize,
+    pub off: usize,
+}
+
+impl FastLinear {
+    pub fn new(l: &Linear, precision: GemmPrecision) -> CResult<Self> {
+        let (n_out, k) = l.weight.dims2()?;
+        let bias = match &l.bias {
+            Some(b) => to_vec(b)?,
+            None => vec![0.0; n_out],
+        };
+        let w = match precision {
+            GemmPrecision::F32 => FastWeight::F32(l.weight.to_dtype(candle_core::DType::F32)?.contiguous()?),
+            GemmPrecision::Bf16 => FastWeight::Bf16(PackedBf16::from_f32(&to_vec(&l.weight)?, n_out, k)),
+        };
+        Ok(Self { w, bias, n_out, k })
+    }
+
+    /// Several layers' outputs side by side (q, k, v → one QKV GEMM); used for packed bf16 weights, where the
+    /// packing is a new copy anyway.
+    pub fn concat(ls: &[&Linear], precision: GemmPrecision) -> CResult<Self> {
+        let w = Tensor::cat(&ls.iter().map(|l| l.weight.clone()).collect::<Vec<_>>(), 0)?;
+        let mut bias = vec![];
+        for l in ls {
+            bias.push(match &l.bias {
+                Some(b) => b.clone(),
+                None => Tensor::zeros(l.weight.dim(0)?, l.weight.dtype(), l.weight.device())?,
+            });
+        }
+        Self::new(&Linear { weight: w, bias: Some(Tensor::cat(&bias, 0)?) }, precision)
+    }
+
+    pub fn n_out(&self) -> usize {
+        self.n_out
+    }
+
+    /// `out[m, n_out] = epi(x[m, k] · Wᵀ)`, dense output.
+    pub fn forward(&self, x: &[f32], m: usize, epi: Epi, out: &mut [f32]) -> CResult<()> {
+        let n = self.n_out;
+        self.forward_into(x, m, epi, OutView { data: out, stride: n, off: 0 })
+    }
+
+    /// Same, writing into columns `[off, off + n_out)` of rows of width `stride`.
+    pub fn forward_into(&self, x: &[f32], m: usize, epi: Epi, out: OutView) -> CResult<()> {
+        let (n, k) = (self.n_out, self.k);
+        if x.len() != m * k || out.data.len() < m * out.stride || out.off + n > out.stride {
+            candle_core::bail!("fast linear: bad sizes (m {m}, k {k}, n {n})");
+        }
+        match &self.w {
+            FastWeight::Bf16(p) => {
+                if out.stride != n {
+                    candle_core::bail!("fast linear: bf16 GEMM writes dense rows");
+                }
+                let e = match epi {
+                    Epi::Bias => Epilogue::Bias(&self.bias),
+                    Epi::BiasAct(Activation::GeluTanh) => Epilogue::BiasGeluTanh(&self.bias),
+                    Epi::BiasAct(Activation::QuickGelu) => Epilogue::BiasQuickGelu(&self.bias),
+                    Epi::BiasAct(Activation::Gelu) => candle_core::bail!("fast path: erf GELU is not supported"),
+                    Epi::BiasResidual(r) => Epilogue::BiasResidual(&self.bias, r),
+                };
+                linear_bf16(x, m, p, e, out.data);
+            }
+            FastWeight::F32(w) => {
+                let (st, layout) = w.storage_and_layout();
+                let w: &[f32] = match (&*st, layout.contiguous_offsets()) {
+                    (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => &v[a..b],
+                    _ => candle_core::bail!("fast linear: weights must be contiguous f32 on the CPU"),
+                };
+                // SAFETY: x is [m, k] row-major; w is [n, k] row-major, read as its transpose [k, n] (row stride 1,
+                // column stride k); out rows have `stride` ≥ off + n columns and m rows (checked above).
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        out.data.as_mut_ptr().add(out.off),
+                        1,
+                        out.stride as isize,
+                        false,
+                        x.as_ptr(),
+                        1,
+                        k as isize,
+                        w.as_ptr(),
+                        k as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::Rayon(rayon::current_num_threads()),
+                    );
+                }
+                drop(st);
+                // One pass over the output applies bias, activation and residual together.
+                let (bias, stride, off) = (&self.bias, out.stride, out.off);
+                const ROWS: usize = 16;
+                out.data[..m * stride].par_chunks_mut(stride * ROWS).enumerate().for_each(|(ci, chunk)| {
+                    for (ri, row) in chunk.chunks_mut(stride).enumerate() {
+                        let row = &mut row[off..off + n];
+                        match epi {
+                            Epi::Bias => row.iter_mut().zip(bias).for_each(|(v, b)| *v += b),
+                            Epi::BiasAct(a) => row.iter_mut().zip(bias).for_each(|(v, b)| *v = act(a, *v + b)),
+                            Epi::BiasResidual(res) => {
+                                let r0 = (ci * ROWS + ri) * n;
+                                row.iter_mut().zip(bias).zip(&res[r0..r0 + n]).for_each(|((v, b), r)| *v = r + (*v + b))
+                            }
+                        }
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[inline]
+fn gelu_tanh(x: f32) -> f32 {
+    0.5 * x * (1.0 + ((2.0f32 / std::f32::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+}
+
+#[inline]
+fn act(a: Activation, x: f32) -> f32 {
+    match a {
+        Activation::GeluTanh => gelu_tanh(x),
+        Activation::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
+        // FastBlock::new refuses erf-GELU models, so this is never reached.
+        Activation::Gelu => x,
+    }
+}
+
+/// LayerNorm over rows of width `d` (two-pass mean/variance in f32, as PyTorch's CPU kernel).
+pub fn layer_norm_rows(x: &[f32], d: usize, w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+    out.par_chunks_mut(d * 8).zip(x.par_chunks(d * 8)).for_each(|(o8, x8)| {
+        for (o, xr) in o8.chunks_mut(d).zip(x8.chunks(d)) {
+            let mean = xr.iter().sum::<f32>() / d as f32;
+            let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            for i in 0..d {
+                o[i] = (xr[i] - mean) * inv * w[i] + b[i];
+            }
+        }
+    });
+}
+
+/// An encoder block's weights prepared for the fast path.
+#[derive(Debug)]
+pub struct FastBlock {
+    ln1: (Vec<f32>, Vec<f32>, f32),
+    ln2: (Vec<f32>, Vec<f32>, f32),
+    /// f32: q, k, v GEMMs writing into one `[m, 3d]` buffer; bf16: one fused GEMM.
+    qkv: Vec<FastLinear>,
+    out_proj: FastLinear,
+    fc1: FastLinear,
+    fc2: FastLinear,
+    act: Activation,
+    heads: usize,
+    head_dim: usize,
+    dim: usize,
+}
+
+fn ln_parts(l: &LayerNorm) -> CResult<(Vec<f32>, Vec<f32>, f32)> {
+    Ok((to_vec(&l.weight)?, to_vec(&l.bias)?, l.eps as f32))
+}
+
+impl FastBlock {
+    /// `None` for blocks the fast path does not cover (erf GELU).
+    pub fn new(l: &EncoderLayer, precision: GemmPrecision) -> CResult<Option<Self>> {
+        let a = &l.self_attn;
+        if l.mlp.act.0 == Activation::Gelu {
+            return Ok(None);
+        }
+        let qkv = match precision {
+            GemmPrecision::F32 => vec![
+                FastLinear::new(&a.q_proj, precision)?,
+                FastLinear::new(&a.k_proj, precision)?,
+                FastLinear::new(&a.v_proj, precision)?,
+            ],
+            GemmPrecision::Bf16 => vec![FastLinear::concat(&[&a.q_proj, &a.k_proj, &a.v_proj], precision)?],
+        };
+        Ok(Some(Self {
+            ln1: ln_parts(&l.layer_norm1)?,
+            ln2: ln_parts(&l.layer_norm2)?,
+            qkv,
+            out_proj: FastLinear::new(&a.out_proj, precision)?,
+            fc1: FastLinear::new(&l.mlp.fc1, precision)?,
+            fc2: FastLinear::new(&l.mlp.fc2, precision)?,
+            act: l.mlp.act.0,
+            heads: a.num_heads,
+            head_dim: a.head_dim,
+            dim: a.num_heads * a.head_dim,
+        }))
+    }
+
+    /// The block on `x` `[b, n, d]` (row-major f32).
+    pub fn run(&self, x: &[f32], b: usize, n: usize, mask: &FastMask) -> CResult<Vec<f32>> {
+        let d = self.dim;
+        let m = b * n;
+        let mut h = vec![0f32; m * d];
+        layer_norm_rows(x, d, &self.ln1.0, &self.ln1.1, self.ln1.2, &mut h);
+        let mut qkv = vec![0f32; m * 3 * d];
+        if let [fused] = self.qkv.as_slice() {
+            fused.forward(&h, m, Epi::Bias, &mut qkv)?;
+        } else {
+            for (i, l) in self.qkv.iter().enumerate() {
+                l.forward_into(&h, m, Epi::Bias, OutView { data: &mut qkv, stride: 3 * d, off: i * d })?;
+            }
+        }
+        let shape = AttnShape { batch: b, q_len: n, kv_len: n, heads: self.heads, head_dim: self.head_dim };
+        let scale = (self.head_dim as f32).powf(-0.5);
+        attention_f32(&qkv, 3 * d, 0, &qkv, 3 * d, d, &qkv, 3 * d, 2 * d, &shape, scale, mask.as_attn(), &mut h);
+        let mut x1 = vec![0f32; m * d];
+        self.out_proj.forward(&h, m, Epi::BiasResidual(x), &mut x1)?;
+        layer_norm_rows(&x1, d, &self.ln2.0, &self.ln2.1, self.ln2.2, &mut h);
+        let mut f = vec![0f32; m * self.fc1.n_out()];
+        self.fc1.forward(&h, m, Epi::BiasAct(self.act), &mut f)?;
+        let mut x2 = vec![0f32; m * d];
+        self.fc2.forward(&f, m, Epi::BiasResidual(&x1), &mut x2)?;
+        Ok(x2)
+    }
+}
+
+/// The attention mask in host form.
+#[derive(Debug, Clone)]
+pub enum FastMask {
+    None,
+    Causal,
+    /// `[b, n]` additive key bias.
+    KeyBias(Vec<f32>),
+}
+
+impl FastMask {
+    pub fn from_key_mask(m: &KeyMask) -> CResult<Self> {
+        Ok(match m {
+            KeyMask::None => FastMask::None,
+            KeyMask::Causal => FastMask::Causal,
+            KeyMask::Keys(t) => FastMask::KeyBias(to_vec(t)?),
+        })
+    }
+
+    fn as_attn(&self) -> AttnMask<'_> {
+        match self {
+            FastMask::None => AttnMask::None,
+            FastMask::Causal => AttnMask::Causal,
+            FastMask::KeyBias(v) => AttnMask::KeyBias(v),
+        }
+    }
+}
+
+/// candle custom op running a [`FastBlock`] on a CPU tensor.
+pub struct FastBlockOp<'a> {
+    pub block: &'a Arc<FastBlock>,
+    pub mask: FastMask,
+}
+
+impl CustomOp1 for FastBlockOp<'_> {
+    fn name(&self) -> &'static str {
+        "fgclip-fast-block"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let (b, n, d) = layout.shape().dims3()?;
+        if d != self.block.dim {
+            candle_core::bail!("fast block: width {d}, expected {}", self.block.dim);
+        }
+        let data = match storage {
+            CpuStorage::F32(v) => v,
+            _ => candle_core::bail!("fast block: f32 input expected"),
+        };
+        let x = match layout.contiguous_offsets() {
+            Some((s, e)) => &data[s..e],
+            None => candle_core::bail!("fast block: contiguous input expected"),
+        };
+        let y = self.block.run(x, b, n, &self.mask)?;
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+}
