@@ -58,6 +58,7 @@ impl FgClip2 {
     pub fn set_fast(&mut self, precision: Option<crate::nn::fast::GemmPrecision>) -> Result<()> {
         self.vision_model.encoder.set_fast(precision)?;
         self.text_model.encoder.set_fast(precision)?;
+        self.dense_feature_head.set_fast_dense(precision)?;
         Ok(())
     }
 

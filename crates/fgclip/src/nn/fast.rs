@@ -218,7 +218,9 @@ pub fn layer_norm_rows(x: &[f32], d: usize, w: &[f32], b: &[f32], eps: f32, out:
 /// An encoder block's weights prepared for the fast path.
 #[derive(Debug)]
 pub struct FastBlock {
-    ln1: (Vec<f32>, Vec<f32>, f32),
+    /// `None` for FG-CLIP 2's dense head, which attends over its input directly and has no residual around
+    /// the attention (`h = attn(x); h = h + mlp(ln(h))`).
+    ln1: Option<(Vec<f32>, Vec<f32>, f32)>,
     ln2: (Vec<f32>, Vec<f32>, f32),
     /// f32: q, k, v GEMMs writing into one `[m, 3d]` buffer; bf16: one fused GEMM.
     qkv: Vec<FastLinear>,
@@ -251,7 +253,7 @@ impl FastBlock {
             GemmPrecision::Bf16 => vec![FastLinear::concat(&[&a.q_proj, &a.k_proj, &a.v_proj], precision)?],
         };
         Ok(Some(Self {
-            ln1: ln_parts(&l.layer_norm1)?,
+            ln1: Some(ln_parts(&l.layer_norm1)?),
             ln2: ln_parts(&l.layer_norm2)?,
             qkv,
             out_proj: FastLinear::new(&a.out_proj, precision)?,
@@ -264,25 +266,60 @@ impl FastBlock {
         }))
     }
 
+    /// FG-CLIP 2's dense feature head (`MapHead::dense`) in the same kernels.
+    pub fn from_map_head(h: &super::MapHead, precision: GemmPrecision) -> CResult<Option<Self>> {
+        let a = &h.attention;
+        if h.mlp.act.0 == Activation::Gelu {
+            return Ok(None);
+        }
+        let qkv = match precision {
+            GemmPrecision::F32 => vec![
+                FastLinear::new(&a.q_proj, precision)?,
+                FastLinear::new(&a.k_proj, precision)?,
+                FastLinear::new(&a.v_proj, precision)?,
+            ],
+            GemmPrecision::Bf16 => vec![FastLinear::concat(&[&a.q_proj, &a.k_proj, &a.v_proj], precision)?],
+        };
+        Ok(Some(Self {
+            ln1: None,
+            ln2: ln_parts(&h.layernorm)?,
+            qkv,
+            out_proj: FastLinear::new(&a.out_proj, precision)?,
+            fc1: FastLinear::new(&h.mlp.fc1, precision)?,
+            fc2: FastLinear::new(&h.mlp.fc2, precision)?,
+            act: h.mlp.act.0,
+            heads: a.num_heads,
+            head_dim: a.head_dim,
+            dim: a.num_heads * a.head_dim,
+        }))
+    }
+
     /// The block on `x` `[b, n, d]` (row-major f32).
     pub fn run(&self, x: &[f32], b: usize, n: usize, mask: &FastMask) -> CResult<Vec<f32>> {
         let d = self.dim;
         let m = b * n;
         let mut h = vec![0f32; m * d];
-        layer_norm_rows(x, d, &self.ln1.0, &self.ln1.1, self.ln1.2, &mut h);
+        let attn_in: &[f32] = match &self.ln1 {
+            Some((w, b, eps)) => {
+                layer_norm_rows(x, d, w, b, *eps, &mut h);
+                &h
+            }
+            None => x,
+        };
         let mut qkv = vec![0f32; m * 3 * d];
         if let [fused] = self.qkv.as_slice() {
-            fused.forward(&h, m, Epi::Bias, &mut qkv)?;
+            fused.forward(attn_in, m, Epi::Bias, &mut qkv)?;
         } else {
             for (i, l) in self.qkv.iter().enumerate() {
-                l.forward_into(&h, m, Epi::Bias, OutView { data: &mut qkv, stride: 3 * d, off: i * d })?;
+                l.forward_into(attn_in, m, Epi::Bias, OutView { data: &mut qkv, stride: 3 * d, off: i * d })?;
             }
         }
         let shape = AttnShape { batch: b, q_len: n, kv_len: n, heads: self.heads, head_dim: self.head_dim };
         let scale = (self.head_dim as f32).powf(-0.5);
         attention_f32(&qkv, 3 * d, 0, &qkv, 3 * d, d, &qkv, 3 * d, 2 * d, &shape, scale, mask.as_attn(), &mut h);
         let mut x1 = vec![0f32; m * d];
-        self.out_proj.forward(&h, m, Epi::BiasResidual(x), &mut x1)?;
+        let epi = if self.ln1.is_some() { Epi::BiasResidual(x) } else { Epi::Bias };
+        self.out_proj.forward(&h, m, epi, &mut x1)?;
         layer_norm_rows(&x1, d, &self.ln2.0, &self.ln2.1, self.ln2.2, &mut h);
         let mut f = vec![0f32; m * self.fc1.n_out()];
         self.fc1.forward(&h, m, Epi::BiasAct(self.act), &mut f)?;

@@ -20,6 +20,8 @@ pub struct MapHead {
     pub attention: Attention,
     pub layernorm: LayerNorm,
     pub mlp: Mlp,
+    /// CPU inference fast path of [`MapHead::dense`], when enabled.
+    pub fast_dense: Option<std::sync::Arc<super::fast::FastBlock>>,
 }
 
 impl MapHead {
@@ -30,6 +32,7 @@ impl MapHead {
             attention: Attention::load_packed(&w.pp("attention"), dim, heads)?,
             layernorm: LayerNorm::load(&w.pp("layernorm"), dim, eps)?,
             mlp: Mlp::load(&w.pp("mlp"), dim, inter, act)?,
+            fast_dense: None,
         })
     }
 
@@ -47,8 +50,23 @@ impl MapHead {
         self.finish(h)?.squeeze(1)
     }
 
+    /// Prepares (or drops, with `None`) the fast path of [`MapHead::dense`].
+    pub fn set_fast_dense(&mut self, precision: Option<super::fast::GemmPrecision>) -> CResult<()> {
+        self.fast_dense = match precision {
+            Some(p) => super::fast::FastBlock::from_map_head(self, p)?.map(std::sync::Arc::new),
+            None => None,
+        };
+        Ok(())
+    }
+
     /// Dense self-attention over all tokens: `[B, N, D]` → `[B, N, D]`.
     pub fn dense(&self, x: &Tensor, mask: &KeyMask) -> CResult<Tensor> {
+        if let Some(block) = &self.fast_dense {
+            if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && !x.track_op() {
+                let op = super::fast::FastBlockOp { block, mask: super::fast::FastMask::from_key_mask(mask)? };
+                return x.contiguous()?.apply_op1_no_bwd(&op);
+            }
+        }
         let h = self.attention.attend(x, x, mask)?;
         self.finish(h)
     }
