@@ -43,6 +43,23 @@ pub fn run(a: Args) -> Result<()> {
         "image_std": model.preprocess.std,
         "logits": match model.family() { fgclip::config::Family::FgClip => "softmax(exp(logit_scale)·cos)", _ => "sigmoid(exp(logit_scale)·cos + logit_bias)" },
     });
+    // Matmul FLOPs per input (see fgclip::flops).
+    use fgclip::flops;
+    j["gflops_per_input"] = match &model.config {
+        ModelConfig::FgClip(c) => serde_json::json!({
+            "image": flops::fgclip_image(&c.vision, c.projection_dim) / 1e9,
+            "text_short": flops::fgclip_text(&c.text, model.text_len(TextWalk::Short), c.projection_dim) / 1e9,
+            "text_long": flops::fgclip_text(&c.text, model.text_len(TextWalk::Long), c.projection_dim) / 1e9,
+        }),
+        ModelConfig::FgClip2(c) => serde_json::json!({
+            "image_128_patches": flops::fgclip2_image(&c.vision, 128) / 1e9,
+            "image_256_patches": flops::fgclip2_image(&c.vision, 256) / 1e9,
+            "image_576_patches": flops::fgclip2_image(&c.vision, 576) / 1e9,
+            "image_1024_patches": flops::fgclip2_image(&c.vision, 1024) / 1e9,
+            "text_short": flops::fgclip2_text(&c.text, model.text_len(TextWalk::Short)) / 1e9,
+            "text_long": flops::fgclip2_text(&c.text, model.text_len(TextWalk::Long)) / 1e9,
+        }),
+    };
     match &model.config {
         ModelConfig::FgClip(c) => {
             j["vision"] = serde_json::json!({
@@ -89,6 +106,7 @@ pub fn run(a: Args) -> Result<()> {
     println!("  text lengths      short {}  long {}  box {}", model.text_len(TextWalk::Short), model.text_len(TextWalk::Long), model.text_len(TextWalk::Box));
     println!("  text mask         {}", if model.uses_text_mask() { "yes (tokenizer returns attention_mask)" } else { "no" });
     println!("  logits            {}", j["logits"].as_str().unwrap_or(""));
+    println!("  GFLOP per input   {}", j["gflops_per_input"]);
     println!("  vision            {}", j["vision"]);
     println!("  text              {}", j["text"]);
     if a.tensors {

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result as CResult, Shape, Tensor};
-use fgclip_kernels::attention::{attention_f32, AttnMask, AttnShape};
+use fgclip_kernels::attention::{attention_bf16, attention_f32, AttnMask, AttnShape};
 use fgclip_kernels::gemm::{linear_bf16, Epilogue, PackedBf16};
 use rayon::prelude::*;
 
@@ -231,6 +231,7 @@ pub struct FastBlock {
     heads: usize,
     head_dim: usize,
     dim: usize,
+    bf16: bool,
 }
 
 fn ln_parts(l: &LayerNorm) -> CResult<(Vec<f32>, Vec<f32>, f32)> {
@@ -263,6 +264,7 @@ impl FastBlock {
             heads: a.num_heads,
             head_dim: a.head_dim,
             dim: a.num_heads * a.head_dim,
+            bf16: precision == GemmPrecision::Bf16,
         }))
     }
 
@@ -291,6 +293,7 @@ impl FastBlock {
             heads: a.num_heads,
             head_dim: a.head_dim,
             dim: a.num_heads * a.head_dim,
+            bf16: precision == GemmPrecision::Bf16,
         }))
     }
 
@@ -316,7 +319,9 @@ impl FastBlock {
         }
         let shape = AttnShape { batch: b, q_len: n, kv_len: n, heads: self.heads, head_dim: self.head_dim };
         let scale = (self.head_dim as f32).powf(-0.5);
-        attention_f32(&qkv, 3 * d, 0, &qkv, 3 * d, d, &qkv, 3 * d, 2 * d, &shape, scale, mask.as_attn(), &mut h);
+        // bf16 mode also takes bf16 products inside attention (f32 softmax and accumulation).
+        let attend = if self.bf16 { attention_bf16 } else { attention_f32 };
+        attend(&qkv, 3 * d, 0, &qkv, 3 * d, d, &qkv, 3 * d, 2 * d, &shape, scale, mask.as_attn(), &mut h);
         let mut x1 = vec![0f32; m * d];
         let epi = if self.ln1.is_some() { Epi::BiasResidual(x) } else { Epi::Bias };
         self.out_proj.forward(&h, m, epi, &mut x1)?;
