@@ -1,4 +1,4 @@
-//! Fused attention vs the candle-ops sequence the model used before (q·scale, reshape + transpose + contiguous of
+//! Fused attention (f32, bf16 products, portable) vs the candle-ops sequence the model used before (q·scale, reshape + transpose + contiguous of
 //! q, k, v, batched matmul q·kᵀ, broadcast-add mask, `softmax_last_dim`, batched matmul ·v, transpose back +
 //! reshape), side by side in one process, alternating runs so that noise from other processes hits both.
 //!
@@ -10,7 +10,10 @@
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
-use fgclip_kernels::attention::{attention_backend, attention_f32, attention_f32_portable, AttnMask, AttnShape};
+use fgclip_kernels::attention::{
+    attention_backend, attention_bf16, attention_bf16_available, attention_f32, attention_f32_portable, AttnMask,
+    AttnShape,
+};
 
 struct Case {
     name: &'static str,
@@ -55,11 +58,19 @@ fn main() {
         Case { name: "SigLIP2 N=1024 b1", s: sh(1, 1024, 12), causal: false },
         Case { name: "text 77 causal b1", s: sh(1, 77, 8), causal: true },
         Case { name: "text 77 causal b16", s: sh(16, 77, 8), causal: true },
-        Case { name: "MAP 1×256 b16", s: AttnShape { batch: 16, q_len: 1, kv_len: 256, heads: 12, head_dim: 64 }, causal: false },
+        Case {
+            name: "MAP 1×256 b16",
+            s: AttnShape { batch: 16, q_len: 1, kv_len: 256, heads: 12, head_dim: 64 },
+            causal: false,
+        },
     ];
-    println!("backend {}, {threads} threads; median ms per call", attention_backend());
-    println!("| case | candle ops | fused | speed-up | fused GFLOP/s | portable | max |Δ| vs candle |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "backend {}, bf16 kernel {}, {threads} threads; median ms per call",
+        attention_backend(),
+        if attention_bf16_available() { "yes" } else { "no (runs f32)" }
+    );
+    println!("| case | candle ops | fused f32 | speed-up | f32 GFLOP/s | fused bf16 | speed-up | portable | max |Δ| f32, bf16 vs candle |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for c in &cases {
         let s = c.s;
         let d = s.heads * s.head_dim;
@@ -103,16 +114,19 @@ fn main() {
         });
         let mask = if c.causal { AttnMask::Causal } else { AttnMask::None };
         let mut out = vec![0f32; s.batch * s.q_len * d];
-        let mut fused = |portable: bool, out: &mut [f32]| {
-            let f = if portable { attention_f32_portable } else { attention_f32 };
+        let fused = |kern: u8, out: &mut [f32]| {
+            let f = [attention_f32, attention_f32_portable, attention_bf16][kern as usize];
             f(&qbuf, qs, 0, &kvbuf, kvs, ko, &kvbuf, kvs, vo, &s, scale as f32, mask, out);
         };
         let reference = candle_attention(&qt, &kt, &vt, &s, scale, causal_bias.as_ref());
         let reference: Vec<f32> = reference.flatten_all().unwrap().to_vec1().unwrap();
-        fused(false, &mut out);
-        let diff = out.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let max_diff = |out: &[f32]| out.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        fused(2, &mut out);
+        let diff_bf16 = max_diff(&out);
+        fused(0, &mut out);
+        let diff = max_diff(&out);
 
-        let (mut tc, mut tf, mut tp) = (vec![], vec![], vec![]);
+        let (mut tc, mut tf, mut tb, mut tp) = (vec![], vec![], vec![], vec![]);
         let start = Instant::now();
         // Warm-up once each, then alternate; the portable kernel is timed every 4th round only (it is slow).
         for round in 0.. {
@@ -120,12 +134,16 @@ fn main() {
             std::hint::black_box(candle_attention(&qt, &kt, &vt, &s, scale, causal_bias.as_ref()));
             tc.push(t.elapsed().as_secs_f64() * 1e3);
             let t = Instant::now();
-            fused(false, &mut out);
+            fused(0, &mut out);
             std::hint::black_box(&out);
             tf.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            fused(2, &mut out);
+            std::hint::black_box(&out);
+            tb.push(t.elapsed().as_secs_f64() * 1e3);
             if round % 4 == 0 {
                 let t = Instant::now();
-                fused(true, &mut out);
+                fused(1, &mut out);
                 std::hint::black_box(&out);
                 tp.push(t.elapsed().as_secs_f64() * 1e3);
             }
@@ -133,13 +151,15 @@ fn main() {
                 break;
             }
         }
-        let (c_ms, f_ms, p_ms) = (median(&mut tc[1..]), median(&mut tf[1..]), median(&mut tp));
+        let (c_ms, f_ms, b_ms, p_ms) =
+            (median(&mut tc[1..]), median(&mut tf[1..]), median(&mut tb[1..]), median(&mut tp));
         let keys_seen = if c.causal { (s.kv_len * (s.kv_len + 1) / 2) as f64 } else { (s.q_len * s.kv_len) as f64 };
         let gflops = 4.0 * (s.batch * s.heads * s.head_dim) as f64 * keys_seen / (f_ms * 1e6);
         println!(
-            "| {} | {c_ms:.3} | {f_ms:.3} | {:.1}× | {gflops:.0} | {p_ms:.3} | {diff:.1e} |",
+            "| {} | {c_ms:.3} | {f_ms:.3} | {:.1}× | {gflops:.0} | {b_ms:.3} | {:.1}× | {p_ms:.3} | {diff:.1e}, {diff_bf16:.1e} |",
             c.name,
-            c_ms / f_ms
+            c_ms / f_ms,
+            c_ms / b_ms
         );
     }
 }

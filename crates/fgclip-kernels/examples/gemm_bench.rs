@@ -1,11 +1,19 @@
-//! GFLOP/s of `linear_bf16` (bf16 inputs, f32 accumulation) against candle's f32 `x.matmul(&w.t())` (the
-//! `gemm` crate), side by side in one process on the same rayon thread count.
+//! GFLOP/s of `linear_bf16` (bf16 inputs, f32 accumulation, bias epilogue) against candle's f32
+//! `x.matmul(&w.t())` (the `gemm` crate, no bias), side by side in one process on the same rayon thread count.
 //!
 //! ```sh
-//! cargo run --release -p fgclip-kernels --example gemm_bench [-- [--threads 2] [--rounds 5] [--filter 197x]]
+//! cargo run --release -p fgclip-kernels --example gemm_bench [-- OPTIONS]
+//!   --threads 2          rayon threads for both (default 2)
+//!   --rounds 5           interleaved rounds (default 5)
+//!   --filter TEXT        only shapes whose name or M×K×N contains TEXT
+//!   --epilogue bias      none | bias | gelu | quick | residual (ours only)
+//!   --portable           time our portable kernel instead of AVX512-BF16
+//!   --no-candle          skip candle
+//!   --blocks MC:KCP,...  tuning: our kernel under forced block sizes (0 = automatic), one column each
 //! ```
 //! Each round times both implementations back to back (interleaved, so background load hits both alike); the
-//! table shows the median over rounds of each implementation's best-of-inner-reps time.
+//! table shows the median over rounds of each implementation's best-of-inner-reps time. For noise-free
+//! single-core numbers see the `gemm_probe` example (thread CPU time).
 
 use candle_core::{Device, Tensor};
 use fgclip_kernels::gemm::{linear_bf16, linear_bf16_with, Epilogue, Kernel, PackedBf16};
@@ -65,15 +73,27 @@ fn main() {
     let rounds: usize = opt("--rounds").map_or(5, |s| s.parse().unwrap());
     let filter = opt("--filter");
     let portable = args.iter().any(|a| a == "--portable");
+    // `--epilogue none|bias|gelu|quick|residual` (default bias) for our kernel; candle always runs the bare matmul.
+    let epi_name = opt("--epilogue").unwrap_or_else(|| "bias".into());
     let no_candle = args.iter().any(|a| a == "--no-candle");
-    if let Some(mc) = opt("--mc") {
-        fgclip_kernels::gemm::tune_force_mc(mc.parse().unwrap());
+    // Tuning: `--blocks MC:KCP,MC:KCP,…` times our kernel once per block setting (0 = automatic), interleaved
+    // in every round, instead of comparing with candle.
+    let blocks: Vec<(usize, usize)> = opt("--blocks").map_or(vec![], |s| {
+        s.split(',')
+            .map(|b| {
+                let (m, k) = b.split_once(':').unwrap();
+                (m.parse().unwrap(), k.parse().unwrap())
+            })
+            .collect()
+    });
+    if !blocks.is_empty() {
+        return tune(&blocks, rounds, filter.as_deref());
     }
     // candle's gemm reads the global rayon pool size; pin both to `threads`.
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().ok();
     println!(
-        "threads {threads}, avx512_bf16 {}, kernel {}",
+        "threads {threads}, avx512_bf16 {}, kernel {}, epilogue {epi_name}",
         fgclip_kernels::gemm::has_avx512_bf16(),
         if portable { "portable" } else { "auto" }
     );
@@ -89,6 +109,15 @@ fn main() {
         let x = rand_vec(m * k, &mut seed);
         let w = rand_vec(n * k, &mut seed);
         let bias = rand_vec(n, &mut seed);
+        let res = if epi_name == "residual" { rand_vec(m * n, &mut seed) } else { vec![] };
+        let epi = match epi_name.as_str() {
+            "none" => Epilogue::None,
+            "bias" => Epilogue::Bias(&bias),
+            "gelu" => Epilogue::BiasGeluTanh(&bias),
+            "quick" => Epilogue::BiasQuickGelu(&bias),
+            "residual" => Epilogue::BiasResidual(&bias, &res),
+            e => panic!("unknown epilogue {e}"),
+        };
         let packed = PackedBf16::from_f32(&w, n, k);
         let mut out = vec![0f32; m * n];
         let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
@@ -100,9 +129,9 @@ fn main() {
         let mut theirs = Vec::new();
         let mut run_ours = || {
             if portable {
-                linear_bf16_with(Kernel::Portable, &x, m, &packed, Epilogue::Bias(&bias), &mut out)
+                linear_bf16_with(Kernel::Portable, &x, m, &packed, epi, &mut out)
             } else {
-                linear_bf16(&x, m, &packed, Epilogue::Bias(&bias), &mut out)
+                linear_bf16(&x, m, &packed, epi, &mut out)
             }
         };
         run_ours();
@@ -119,5 +148,42 @@ fn main() {
         let o = median(ours);
         let c = if no_candle { f64::NAN } else { median(theirs) };
         println!("{name:<18} {dims:>16} {o:>10.1} {c:>12.1} {:>7.2}×", o / c);
+    }
+}
+
+fn tune(blocks: &[(usize, usize)], rounds: usize, filter: Option<&str>) {
+    print!("{:<18} {:>16}", "shape", "M×K×N");
+    for (mc, kcp) in blocks {
+        print!(" {:>10}", format!("{mc}:{kcp}"));
+    }
+    println!("   (GFLOP/s, best of rounds)");
+    let mut seed = 1u64;
+    for &(name, m, k, n) in SHAPES {
+        let dims = format!("{m}×{k}×{n}");
+        if let Some(f) = filter {
+            if !name.contains(f) && !dims.contains(f) {
+                continue;
+            }
+        }
+        let x = rand_vec(m * k, &mut seed);
+        let w = rand_vec(n * k, &mut seed);
+        let packed = PackedBf16::from_f32(&w, n, k);
+        let mut out = vec![0f32; m * n];
+        let flop = 2.0 * (m * n * k) as f64;
+        let reps = ((20e-3 * 300e9 / flop).ceil() as usize).clamp(2, 200);
+        let mut best = vec![0f64; blocks.len()];
+        for _ in 0..rounds {
+            for (i, &(mc, kcp)) in blocks.iter().enumerate() {
+                fgclip_kernels::gemm::tune_force_blocks(mc, kcp);
+                let t = best_of(reps, || linear_bf16(&x, m, &packed, Epilogue::None, &mut out));
+                best[i] = best[i].max(flop / t / 1e9);
+            }
+        }
+        fgclip_kernels::gemm::tune_force_blocks(0, 0);
+        print!("{name:<18} {dims:>16}");
+        for b in best {
+            print!(" {b:>10.1}");
+        }
+        println!();
     }
 }

@@ -2,43 +2,50 @@
 //!
 //! # Why bf16
 //! On AVX-512 CPUs with AVX512-BF16 (Zen 4, Sapphire Rapids, …) `vdpbf16ps` does 32 bf16 multiply-adds per
-//! instruction — twice the f32 FMA rate — with f32 accumulation. Weights are rounded to bf16 once (round to
-//! nearest even); activations are rounded on the fly while packing. The products of two bf16 values are exact
-//! in f32, so the only error beyond the input rounding is f32 accumulation order.
+//! instruction at the issue rate of a 16-wide f32 FMA, i.e. twice the f32 FLOP rate, accumulating in f32.
+//! Weights are rounded to bf16 once (round to nearest even); activations are rounded on the fly while
+//! packing. A product of two bf16 values is exact in f32, so beyond the input rounding the only error is the
+//! f32 accumulation.
 //!
 //! # Layout
-//! * **B (weights)**, [`PackedBf16`]: column panels of [`NR`] output features. Within a panel, for each k-pair
-//!   `p` (k = 2p, 2p+1) there are `NR` u32 words, word `j` = `bf16(W[j, 2p]) | bf16(W[j, 2p+1]) << 16`, i.e.
-//!   exactly the operand `vdpbf16ps` wants: one k-pair step of a panel is `NR/16` aligned zmm loads. Odd K is
-//!   padded with a zero pair element, the last panel with zero columns. Panel `j` is contiguous (`kp·NR`
+//! * **B (weights)**, [`PackedBf16`]: column panels of [`NR`] = 48 output features. Within a panel, for each
+//!   k-pair `p` (k = 2p, 2p+1) there are `NR` u32 words, word `j` = `bf16(W[j, 2p]) | bf16(W[j, 2p+1]) << 16`
+//!   — exactly the operand `vdpbf16ps` wants, so one k-pair step of a panel is three aligned zmm loads. Odd K
+//!   is padded with a zero pair element, the last panel with zero columns. Panel `j` is contiguous (`kp·NR`
 //!   words), so any K range of it is contiguous too.
 //! * **A (activations)** is converted per block (rows of one task × one K block) into a row-major bf16 buffer
-//!   (`_mm512_cvtne2ps_pbh`, 32 values per instruction). Row-major bf16 already has each k-pair adjacent, so
-//!   the microkernel broadcasts one 32-bit word per row straight from it (`vdpbf16ps zmm, zmm, [mem]{1to16}`);
-//!   no transpose into MR-panels is needed, and the conversion is a pure streaming pass.
+//!   (`vcvtne2ps2bf16`, 32 values per instruction). Row-major bf16 already has each k-pair adjacent, so the
+//!   microkernel broadcasts one 32-bit word per row straight from it; no transpose into MR-row panels is
+//!   needed and the conversion is a pure streaming pass.
 //!
-//! # Blocking (BLIS order, B pre-packed)
+//! # Blocking (BLIS loop order, B pre-packed)
 //! ```text
-//! task = (row range, column-panel range)          — rayon tasks; rows split for large M, columns for small M
-//!   for each K block of KC pairs                  — KC fixed by K alone (see determinism)
-//!     convert A[rows, K block] → bf16 buffer      — rows × KC·4 bytes, stays in L2
-//!     for each column panel j                     — B micro-panel KC × NR (KC·NR·4 bytes) stays in L1
-//!       for each MR rows                          — A micro-panel streams from L2
-//!         microkernel MR × NR over the K block    — accumulators start from C (0 for the first block)
+//! task = (row range, column-panel range)        rayon tasks: rows split for large M, columns for batch-1 M
+//!   for each K block of ≤ 1536 k                fixed by K alone; K ≤ 1536 is a single block
+//!     convert A[rows, K block] → bf16           rows × KC·2 bytes (L2, or L3 for big row blocks)
+//!     for each column panel j                   B micro-panel KC × 48 (KC·96 bytes): L2, reused by all rows
+//!       for each 8 rows                         A micro-panel 8 × KC (KC·16 bytes)
+//!         microkernel 8 × 48 over the K block   accumulators start from C (from 0 for the first block)
 //! ```
-//! The microkernel keeps MR × NR/16 zmm accumulators (12 × 2 = 24 of the 32 registers); per k-pair it loads
-//! NR/16 B vectors and issues MR broadcast-`vdpbf16ps` per vector. Edge tiles: fewer rows use a kernel
-//! instantiated for that row count; fewer columns use masked loads/stores of C. The epilogue (bias, GELU,
-//! residual) is applied in registers while storing the tile of the last K block, so it costs no memory pass.
+//! The microkernel keeps MR × NR/16 = 8 × 3 = 24 zmm accumulators; per k-pair it loads 3 B vectors and, per
+//! row, broadcasts the A pair and issues 3 `vdpbf16ps`. That needs only ~5 bytes per cycle of A and B, which
+//! L2 (even L3) streams easily, so K blocks are large: measured on Zen 4, fewer passes over C beat keeping
+//! the B micro-panel in L1. Edge tiles: fewer rows use a kernel instantiated for that row count; fewer
+//! columns use masked loads/stores. The epilogue (bias, GELU, residual) is applied in registers while the last
+//! K block stores its tile, so it costs no memory pass. Measured single-core efficiency: ~93% of the
+//! `vdpbf16ps` peak for batch-1 shapes, ~90% for large M.
 //!
 //! # Determinism
-//! Every output element is one sequential f32 sum over k-pairs in increasing order, starting from 0: a K block
-//! starts its accumulators from the partial sum stored in C, so the result depends neither on KC nor on which
-//! rows share a tile or a task. Hence a row computed alone is bit-identical to the same row in a batch.
+//! Every output element is one sequential f32 sum over k-pairs in increasing order, starting from 0 (a K block
+//! starts its accumulators from the partial sum stored in C). So the result depends neither on the K
+//! blocking, nor on which rows share a tile or a task, nor on the thread count: a row computed alone is
+//! bit-identical to the same row in a batch.
 //!
 //! # Fallback
-//! Without AVX512-BF16 (or on non-x86 targets) a portable kernel computes the same math (bf16-rounded inputs,
-//! f32 products and sums in the same order) on the same packed weights.
+//! Without AVX512-BF16 (or off x86_64) a portable kernel computes the same math — bf16-rounded inputs, exact
+//! products, the same summation order (per pair the odd k first, as `vdpbf16ps`) — on the same packed
+//! weights, as a plain f32 GEMM that LLVM vectorises (built for AVX2+FMA as well, picked at runtime). Its
+//! results are bit-identical to the AVX512-BF16 kernel except for the GELU epilogues (different `exp`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -46,14 +53,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 mod avx512;
 mod portable;
 
-/// Columns per B panel (two zmm of f32 accumulators per row).
-pub const NR: usize = 32;
-/// Rows per microkernel tile: 12 × 2 accumulators = 24 zmm, leaving registers for B and the broadcast.
-pub const MR: usize = 12;
-/// Maximum K block in pairs (KC = 256 k): the B micro-panel is KC·NR·2 bytes = 16 KiB, half the L1.
-const KCP_MAX: usize = 128;
-/// Rows of one task's A block when splitting rows (A block = MC × KC × 2 bytes ≤ ~200 KiB of the 1 MiB L2).
+/// Columns per B panel (three zmm of f32 accumulators per row).
+pub const NR: usize = 48;
+/// Rows per microkernel tile: 8 × 3 = 24 zmm accumulators, leaving registers for B and the broadcast.
+/// (Measured on Zen 4: 8×48 ≈ 6×64 ≈ 9×48 > 12×32 by ~5%.)
+pub const MR: usize = 8;
+/// Maximum K block in pairs (KC = 1536 k), see the module docs.
+const KCP_MAX: usize = 768;
+/// Rows of one task when splitting rows. Not critical (A streams well from L2/L3); smaller blocks give rayon
+/// more pieces to balance.
 const MC_MAX: usize = 384;
+/// Rows per task below which the rows are not split (each B micro-panel, fetched from L3, should serve many
+/// tiles); batch-1 shapes split columns instead.
+const MIN_ROWS_PER_TASK: usize = 192;
+/// A column block has ≥ this many NR-panels (384 columns) unless N is smaller.
+const MIN_COL_PANELS: usize = 8;
 /// Below this many multiply-adds a call runs on the calling thread (rayon fork/join costs a few µs).
 const PAR_MIN_MACS: usize = 1 << 20;
 
@@ -63,8 +77,13 @@ pub enum Kernel {
     Auto,
     /// Panics if the CPU lacks AVX512-BF16.
     Avx512Bf16,
-    /// Portable Rust kernel (same rounding of the inputs, f32 arithmetic).
+    /// Portable Rust kernel (same rounding of the inputs, f32 arithmetic); on x86_64 it uses an AVX2+FMA build
+    /// of itself when the CPU has those.
     Portable,
+    /// The portable kernel without any runtime-detected CPU features (what non-x86 targets and old x86 CPUs
+    /// run); for tests.
+    #[doc(hidden)]
+    PortableBaseline,
 }
 
 /// True when the AVX512-BF16 kernel can run on this CPU (runtime detection; false on non-x86_64).
@@ -184,10 +203,7 @@ impl PackedBf16 {
     pub fn get(&self, j: usize, kk: usize) -> f32 {
         assert!(j < self.n_out && kk < self.k);
         let word = self.data.as_slice()[(j / NR) * self.kp * NR + (kk / 2) * NR + j % NR];
-        bf16_to_f32(if kk % 2 == 0 { word as u16 } else { (word >> 16) as u16 })
-    }
-    fn panels(&self) -> usize {
-        self.n_out.div_ceil(NR)
+        bf16_to_f32((word >> (16 * (kk & 1))) as u16)
     }
     /// Words `[p0, p0 + len)` pairs of panel `j`.
     fn panel(&self, j: usize, p0: usize) -> &[u32] {
@@ -235,10 +251,12 @@ pub(crate) enum EpiKind {
 pub(crate) struct Tile {
     /// k-pairs in this block.
     pub kp: usize,
-    /// bf16 pairs of row 0, row stride `lda` words.
+    /// Row 0 of the A block: bf16 pairs at row stride `lda` words (AVX-512), or the portable path's widened
+    /// f32 values at stride `2·lda` words.
     pub a: *const u32,
     pub lda: usize,
-    /// Panel words of this block, `kp × NR`, 64-byte aligned.
+    /// Panel words of this block, `kp × NR`, 64-byte aligned. (The portable path reads its widened copy.)
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub b: *const u32,
     pub c: *mut f32,
     pub ldc: usize,
@@ -279,13 +297,14 @@ pub fn linear_bf16_with(kernel: Kernel, x: &[f32], m: usize, w: &PackedBf16, epi
         return;
     }
     let avx = match kernel {
-        Kernel::Auto => has_avx512_bf16(),
+        Kernel::Auto => has_avx512_bf16(), // always false off x86_64
         Kernel::Avx512Bf16 => {
             assert!(has_avx512_bf16(), "Kernel::Avx512Bf16 requested but the CPU lacks AVX512-BF16");
             true
         }
-        Kernel::Portable => false,
+        Kernel::Portable | Kernel::PortableBaseline => false,
     };
+    let baseline = kernel == Kernel::PortableBaseline;
     let plan = Plan::new(m, n, k, rayon::current_num_threads());
     let args = Args {
         x,
@@ -296,6 +315,7 @@ pub fn linear_bf16_with(kernel: Kernel, x: &[f32], m: usize, w: &PackedBf16, epi
         res: res.map_or(std::ptr::null(), |r| r.as_ptr()),
         out: out.as_mut_ptr(),
         avx,
+        baseline,
         plan,
     };
     if plan.tasks() == 1 {
@@ -306,58 +326,77 @@ pub fn linear_bf16_with(kernel: Kernel, x: &[f32], m: usize, w: &PackedBf16, epi
     }
 }
 
-/// How a call is cut into tasks and K blocks. Depends on (m, n, k, threads) for the split, on k alone for KC.
+/// How a call is cut into tasks and K blocks. The K blocking depends on k alone; the task split on
+/// (m, n, k, threads) — which is harmless for determinism since no task boundary changes any element's sum.
 #[derive(Clone, Copy, Debug)]
 struct Plan {
     /// Pairs per K block and the number of K blocks.
     kcp: usize,
     kblocks: usize,
-    /// Rows per row block (multiple of MR) and the number of row blocks.
-    mc: usize,
+    /// MR-row panels in total and the number of row blocks they are dealt into (as evenly as possible).
+    mpanels: usize,
     mblocks: usize,
-    /// Column panels per column block and the number of column blocks.
-    nc_panels: usize,
+    /// NR-column panels in total and the number of column blocks.
+    npanels: usize,
     nblocks: usize,
 }
 
-/// Splits overridable from benchmarks: 0 = automatic.
+/// Block sizes overridable from benchmarks: 0 = automatic.
 static FORCE_MC: AtomicUsize = AtomicUsize::new(0);
+static FORCE_KCP: AtomicUsize = AtomicUsize::new(0);
 
 #[doc(hidden)]
-/// Tuning hook for benchmarks: force the row-block size (0 = automatic). Not part of the stable API.
-pub fn tune_force_mc(mc: usize) {
+/// Tuning hook for benchmarks: force the row-block size (rows; this also disables the column split) and the
+/// K block in pairs; 0 = automatic. Not part of the stable API. Results do not depend on either (module docs).
+pub fn tune_force_blocks(mc: usize, kcp: usize) {
     FORCE_MC.store(mc, Ordering::Relaxed);
+    FORCE_KCP.store(kcp, Ordering::Relaxed);
 }
 
 impl Plan {
     fn new(m: usize, n: usize, k: usize, threads: usize) -> Self {
         let kp = k.div_ceil(2);
         // Equal K blocks of at most KCP_MAX pairs; depends on k only.
-        let kblocks = kp.div_ceil(KCP_MAX);
+        let kcp_max = match FORCE_KCP.load(Ordering::Relaxed) {
+            0 => KCP_MAX,
+            f => f,
+        };
+        let kblocks = kp.div_ceil(kcp_max);
         let kcp = kp.div_ceil(kblocks);
-        let panels = n.div_ceil(NR);
+        let mpanels = m.div_ceil(MR);
+        let npanels = n.div_ceil(NR);
         let threads = if m * n * k < PAR_MIN_MACS { 1 } else { threads.max(1) };
         let forced = FORCE_MC.load(Ordering::Relaxed);
-        // Row split: a multiple of `threads` blocks of ≤ MC_MAX rows. Worth it only when every block still has
-        // enough rows to reuse each B micro-panel (loaded from L3) over many tiles; otherwise split columns
-        // and let every task convert the (small) whole A.
+        // Row split: a multiple of `threads` blocks of ≤ MC_MAX rows. Worth it only while every block keeps
+        // enough rows to reuse each B micro-panel over many tiles; otherwise (batch-1 shapes) split columns and
+        // let every task convert the whole (small) A — converting is ~1% of the multiply work per task.
+        let mblocks_min = m.div_ceil(MC_MAX);
         let mblocks_rows = threads * m.div_ceil(threads * MC_MAX);
-        let mc_rows = m.div_ceil(mblocks_rows).div_ceil(MR) * MR;
-        let (mc, nblocks) = if forced > 0 {
-            (forced.div_ceil(MR) * MR, 1)
-        } else if threads == 1 || mc_rows >= 16 * MR || panels < threads {
-            (mc_rows, 1)
+        let (mblocks, nblocks) = if forced > 0 {
+            (m.div_ceil(forced), 1)
+        } else if threads == 1 {
+            (mblocks_min, 1)
+        } else if m / mblocks_rows >= MIN_ROWS_PER_TASK || npanels < threads {
+            (mblocks_rows, 1)
         } else {
-            (m.div_ceil(MR) * MR, threads.min(panels))
+            // Column blocks of ≥ MIN_COL_PANELS panels where N allows, up to 4 tasks per thread so a thread
+            // slowed by other load can hand work over; row blocks stay ≤ MC_MAX rows (bounds the A buffer).
+            let tasks = threads * (npanels / (threads * MIN_COL_PANELS)).clamp(1, 4);
+            (mblocks_min, tasks.div_ceil(mblocks_min).min(npanels))
         };
-        let mc = mc.min(m.div_ceil(MR) * MR);
-        let mblocks = m.div_ceil(mc);
-        let nc_panels = panels.div_ceil(nblocks);
-        let nblocks = panels.div_ceil(nc_panels);
-        Plan { kcp, kblocks, mc, mblocks, nc_panels, nblocks }
+        Plan { kcp, kblocks, mpanels, mblocks: mblocks.clamp(1, mpanels), npanels, nblocks }
     }
     fn tasks(&self) -> usize {
         self.mblocks * self.nblocks
+    }
+    /// Rows `[m0, m1)` and column panels `[j0, j1)` of task `t` (blocks as even as MR/NR granularity allows).
+    fn task(&self, t: usize, m: usize) -> (usize, usize, usize, usize) {
+        let (mb, nb) = (t / self.nblocks, t % self.nblocks);
+        let m0 = mb * self.mpanels / self.mblocks * MR;
+        let m1 = ((mb + 1) * self.mpanels / self.mblocks * MR).min(m);
+        let j0 = nb * self.npanels / self.nblocks;
+        let j1 = (nb + 1) * self.npanels / self.nblocks;
+        (m0, m1, j0, j1)
     }
 }
 
@@ -371,6 +410,8 @@ struct Args<'a> {
     /// Output base; tasks write disjoint tiles.
     out: *mut f32,
     avx: bool,
+    /// Portable path without runtime-detected features.
+    baseline: bool,
     plan: Plan,
 }
 // SAFETY: the raw pointers come from slices borrowed for the whole call; tasks only read `bias`/`res` and write
@@ -380,79 +421,73 @@ unsafe impl Sync for Args<'_> {}
 thread_local! {
     /// Per-thread bf16 A block, reused across calls (no allocation or page faults on the hot path).
     static A_BUF: std::cell::RefCell<AlignedBuf> = const { std::cell::RefCell::new(AlignedBuf::new()) };
+    /// Portable path only: the current B micro-panel widened to f32.
+    static B_F32: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// One task: rows `[m0, m1)` × column panels `[j0, j1)`, all K blocks.
 fn run_task(args: &Args, t: usize) {
     let plan = &args.plan;
     let (w, n, k) = (args.w, args.w.n_out, args.w.k);
-    let (mb, nb) = (t / plan.nblocks, t % plan.nblocks);
-    let m0 = mb * plan.mc;
-    let m1 = (m0 + plan.mc).min(args.m);
-    let j0 = nb * plan.nc_panels;
-    let j1 = (j0 + plan.nc_panels).min(w.panels());
+    let (m0, m1, j0, j1) = plan.task(t, args.m);
     let rows = m1 - m0;
     // Row stride of the A block in words, a multiple of 16 so every row starts on a cache line.
     let lda = plan.kcp.div_ceil(16) * 16;
     A_BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
-        let abuf = buf.reserve(rows * lda);
+        // The portable path stores A as f32 (two words per pair).
+        let abuf = buf.reserve(rows * lda * if args.avx { 1 } else { 2 });
         for kb in 0..plan.kblocks {
             let p0 = kb * plan.kcp;
             let kp = plan.kcp.min(w.kp - p0);
-            let xs = &args.x[m0 * k..m1 * k];
             // Convert A[m0..m1, 2p0 .. 2(p0+kp)) → bf16 pairs.
-            #[cfg(target_arch = "x86_64")]
+            let xs = &args.x[m0 * k..m1 * k];
             if args.avx {
+                #[cfg(target_arch = "x86_64")]
                 avx512::pack_a(xs, rows, k, p0, kp, abuf, lda);
             } else {
                 portable::pack_a(xs, rows, k, p0, kp, abuf, lda);
             }
-            #[cfg(not(target_arch = "x86_64"))]
-            portable::pack_a(xs, rows, k, p0, kp, abuf, lda);
             let (first, last) = (kb == 0, kb + 1 == plan.kblocks);
             for j in j0..j1 {
-                let b = w.panel(j, p0);
+                let b = &w.panel(j, p0)[..kp * NR];
                 let col = j * NR;
-                let nc = NR.min(n - col);
-                let mut r0 = 0;
-                while r0 < rows {
-                    let mr = MR.min(rows - r0);
-                    let row = m0 + r0;
-                    // Pointers into the caller's slices at this tile; all offsets are in bounds
-                    // (row < m, col < n), computed with wrapping_add so no unsafe is needed here.
-                    let tile = Tile {
-                        kp,
-                        a: abuf[r0 * lda..].as_ptr(),
-                        lda,
-                        b: b.as_ptr(),
-                        c: args.out.wrapping_add(row * n + col),
-                        ldc: n,
-                        nc,
-                        first,
-                        last,
-                        epi: Epi {
-                            kind: args.kind,
-                            bias: args.bias.wrapping_add(col),
-                            res: args.res.wrapping_add(row * n + col),
-                            ldr: n,
-                        },
-                    };
-                    // SAFETY: `a` has `mr` rows of `kp` words at stride `lda` inside `abuf`; `b` is the panel's
-                    // block (kp·NR words, 64-byte aligned since panels and NR words are); rows
-                    // [row, row + mr) < m and columns [col, col + nc) ≤ n lie in `out`/`res`, `col + nc` ≤ n in
-                    // `bias`; this task alone writes this tile. `args.avx` implies the CPU check was done.
-                    unsafe {
-                        #[cfg(target_arch = "x86_64")]
-                        if args.avx {
-                            avx512::tile(mr, &tile);
-                        } else {
-                            portable::tile(mr, &tile);
-                        }
-                        #[cfg(not(target_arch = "x86_64"))]
-                        portable::tile(mr, &tile);
+                let tile = |r0: usize| Tile {
+                    kp,
+                    a: abuf[r0 * lda * if args.avx { 1 } else { 2 }..].as_ptr(),
+                    lda,
+                    b: b.as_ptr(),
+                    // Offsets into the caller's slices at this tile (in bounds: row < m, col < n); wrapping_add
+                    // keeps the pointer arithmetic itself safe.
+                    c: args.out.wrapping_add((m0 + r0) * n + col),
+                    ldc: n,
+                    nc: NR.min(n - col),
+                    first,
+                    last,
+                    epi: Epi {
+                        kind: args.kind,
+                        bias: args.bias.wrapping_add(col),
+                        res: args.res.wrapping_add((m0 + r0) * n + col),
+                        ldr: n,
+                    },
+                };
+                // SAFETY (both branches): a tile at r0 has `mr` (portable: `rows`) rows of `kp` words at stride
+                // `lda` (portable: f32 values at stride 2·lda) inside `abuf`;
+                // `b` is this block of the panel (kp·NR words, 64-byte aligned: panels and NR-word rows are);
+                // rows [m0 + r0, m0 + r0 + mr) < m and columns [col, col + nc), col + nc ≤ n, lie in
+                // `out`/`res` and `bias`; this task alone writes them. `args.avx` implies the CPU check.
+                if args.avx {
+                    #[cfg(target_arch = "x86_64")]
+                    for r0 in (0..rows).step_by(MR) {
+                        unsafe { avx512::tile(MR.min(rows - r0), &tile(r0)) };
                     }
-                    r0 += mr;
+                } else {
+                    B_F32.with(|bf| {
+                        let mut bf = bf.borrow_mut();
+                        portable::widen_b(b, kp, &mut bf);
+                        // The portable kernel tiles rows itself (6 at a time), so it gets the whole block.
+                        unsafe { portable::tile(rows, &tile(0), &bf, args.baseline) };
+                    });
                 }
             }
         }

@@ -5,7 +5,15 @@ mod gemm_common;
 use fgclip_kernels::gemm::{linear_bf16_with, Kernel};
 use gemm_common::*;
 
-fn run(kernel: Kernel, x: &[f32], m: usize, pw: &fgclip_kernels::gemm::PackedBf16, sel: EpiSel, bias: &[f32], res: &[f32]) -> Vec<f32> {
+fn run(
+    kernel: Kernel,
+    x: &[f32],
+    m: usize,
+    pw: &fgclip_kernels::gemm::PackedBf16,
+    sel: EpiSel,
+    bias: &[f32],
+    res: &[f32],
+) -> Vec<f32> {
     let mut out = vec![0f32; m * pw.n_out()];
     linear_bf16_with(kernel, x, m, pw, epilogue(sel, bias, res), &mut out);
     out

@@ -1,6 +1,10 @@
 //! AVX512-BF16 kernels: A-block conversion (`vcvtne2ps2bf16`) and the MR × NR microkernel (`vdpbf16ps`).
 //! Every function here requires AVX-512F/BW/VL + BF16; callers check [`super::has_avx512_bf16`] first.
 
+// Index loops over the const-size accumulator arrays are deliberate: after full unrolling every index is a
+// constant, which is what lets LLVM keep the arrays in registers.
+#![allow(clippy::needless_range_loop)]
+
 use super::{EpiKind, Tile, MR, NR};
 use std::arch::x86_64::*;
 
@@ -41,7 +45,7 @@ unsafe fn pack_a_impl(x: *const f32, rows: usize, k: usize, p0: usize, kp: usize
             let mlo = mask16(rem);
             let mhi = mask16(rem.saturating_sub(16));
             let lo = _mm512_maskz_loadu_ps(mlo, src.add(i));
-            let hi = _mm512_maskz_loadu_ps(mhi, src.add(i + 16));
+            let hi = _mm512_maskz_loadu_ps(mhi, src.wrapping_add(i + 16));
             let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
             // Pairs written: ceil(rem / 2) ≤ 16.
             _mm512_mask_storeu_epi32(dst.add(i / 2).cast(), mask16(rem.div_ceil(2)), v);
@@ -66,7 +70,8 @@ fn mask16(n: usize) -> __mmask16 {
 /// `kp` words at stride `lda`, `b` for `kp·NR` words 64-byte aligned, `c` (and `epi.res`) for `mr` rows of
 /// `nc` floats at stride `ldc` (`ldr`), `epi.bias` for `nc` floats when used; no other thread touches this C tile.
 pub(super) unsafe fn tile(mr: usize, t: &Tile) {
-    debug_assert!(mr >= 1 && mr <= MR && t.nc >= 1 && t.nc <= NR);
+    debug_assert!((1..=MR).contains(&mr) && (1..=NR).contains(&t.nc));
+    const { assert!(MR == 8, "extend the dispatch below when changing MR") };
     match mr {
         1 => ukernel::<1>(t),
         2 => ukernel::<2>(t),
@@ -76,36 +81,53 @@ pub(super) unsafe fn tile(mr: usize, t: &Tile) {
         6 => ukernel::<6>(t),
         7 => ukernel::<7>(t),
         8 => ukernel::<8>(t),
-        9 => ukernel::<9>(t),
-        10 => ukernel::<10>(t),
-        11 => ukernel::<11>(t),
-        12 => ukernel::<12>(t),
         _ => unreachable!(),
     }
 }
 
-/// The R × NR microkernel. Per k-pair: NV aligned loads of B, then for each row one 32-bit broadcast of the
-/// A pair and NV `vdpbf16ps`. Accumulators live in zmm registers for the whole K block.
+/// The R × NR microkernel: C prefetch, the K loop ([`accumulate`]), then epilogue and (masked) stores.
+/// Addresses of masked-off vectors may lie past the slices' ends (masked lanes are never accessed, prefetches
+/// never fault), hence `wrapping_add` for them.
 ///
 /// # Safety
 /// As [`tile`], with `R == mr`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 unsafe fn ukernel<const R: usize>(t: &Tile) {
     let masks: [__mmask16; NV] = std::array::from_fn(|v| mask16(t.nc.saturating_sub(16 * v)));
-    let mut acc = accumulate::<R>(t, &masks);
+    if t.first {
+        // Fetch the C tile for writing now (prefetchw), so its misses (often DRAM for large M) overlap the K loop
+        // instead of stalling the stores at the end. (Later K blocks load C right away anyway.)
+        for r in 0..R {
+            for v in 0..NV {
+                _mm_prefetch::<_MM_HINT_ET0>(t.c.wrapping_add(r * t.ldc + 16 * v).cast());
+            }
+        }
+    }
+    if t.last && t.epi.kind == EpiKind::Residual {
+        // Same for the residual tile the epilogue will read.
+        for r in 0..R {
+            for v in 0..NV {
+                _mm_prefetch::<_MM_HINT_T0>(t.epi.res.wrapping_add(r * t.epi.ldr + 16 * v).cast());
+            }
+        }
+    }
+    let mut acc = [[_mm512_setzero_ps(); NV]; R];
+    accumulate::<R>(t, &masks, &mut acc);
     let full = t.nc == NR;
 
     if t.last && t.epi.kind != EpiKind::None {
-        let bias: [__m512; NV] = std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], t.epi.bias.add(16 * v)));
+        let bias: [__m512; NV] =
+            std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], t.epi.bias.wrapping_add(16 * v)));
         for r in 0..R {
             for v in 0..NV {
                 let x = _mm512_add_ps(acc[r][v], bias[v]);
                 acc[r][v] = match t.epi.kind {
                     EpiKind::GeluTanh => gelu_tanh(x),
                     EpiKind::QuickGelu => quick_gelu(x),
-                    EpiKind::Residual => {
-                        _mm512_add_ps(x, _mm512_maskz_loadu_ps(masks[v], t.epi.res.add(r * t.epi.ldr + 16 * v)))
-                    }
+                    EpiKind::Residual => _mm512_add_ps(
+                        x,
+                        _mm512_maskz_loadu_ps(masks[v], t.epi.res.wrapping_add(r * t.epi.ldr + 16 * v)),
+                    ),
                     _ => x,
                 };
             }
@@ -113,7 +135,7 @@ unsafe fn ukernel<const R: usize>(t: &Tile) {
     }
     for r in 0..R {
         for v in 0..NV {
-            let dst = t.c.add(r * t.ldc + 16 * v);
+            let dst = t.c.wrapping_add(r * t.ldc + 16 * v);
             if full {
                 _mm512_storeu_ps(dst, acc[r][v]);
             } else {
@@ -124,22 +146,25 @@ unsafe fn ukernel<const R: usize>(t: &Tile) {
 }
 
 /// The K loop of the microkernel, kept out of line so the accumulator array is promoted to registers (the
-/// epilogue's data-dependent code would otherwise pin it to the stack).
+/// epilogue's data-dependent code would otherwise pin it to the stack). Writes `out` once at the end: returning
+/// the array instead makes it the return slot in memory, and every `vdpbf16ps` is then followed by a store.
 ///
 /// # Safety
 /// As [`tile`].
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn accumulate<const R: usize>(t: &Tile, masks: &[__mmask16; NV]) -> [[__m512; NV]; R] {
+unsafe fn accumulate<const R: usize>(t: &Tile, masks: &[__mmask16; NV], out: &mut [[__m512; NV]; R]) {
     let mut acc = [[_mm512_setzero_ps(); NV]; R];
     if !t.first {
         for r in 0..R {
             for v in 0..NV {
-                acc[r][v] = _mm512_maskz_loadu_ps(masks[v], t.c.add(r * t.ldc + 16 * v));
+                acc[r][v] = _mm512_maskz_loadu_ps(masks[v], t.c.wrapping_add(r * t.ldc + 16 * v));
             }
         }
     }
     let (lda, mut a, mut b) = (t.lda, t.a, t.b);
+    // One k-pair: NV aligned B loads, then per row a 32-bit broadcast of its A pair (a plain load on Zen 4) and
+    // NV `vdpbf16ps` — 3 + 8 loads per 24 dot products, far below the load ports' limit.
     macro_rules! step {
         ($u:expr) => {{
             let mut bv = [_mm512_setzero_si512(); NV];
@@ -154,6 +179,7 @@ unsafe fn accumulate<const R: usize>(t: &Tile, masks: &[__mmask16; NV]) -> [[__m
             }
         }};
     }
+    // Unrolled ×4 so the loop overhead and pointer bumps vanish among 96 dot products.
     let mut p = t.kp;
     while p >= 4 {
         step!(0);
@@ -170,8 +196,7 @@ unsafe fn accumulate<const R: usize>(t: &Tile, masks: &[__mmask16; NV]) -> [[__m
         b = b.add(NR);
         p -= 1;
     }
-
-    acc
+    *out = acc;
 }
 
 /// e^x for x ≤ 88 (Cephes expf polynomial on [-ln2/2, ln2/2], ~1 ulp; scalef applies 2^n, underflow → 0).

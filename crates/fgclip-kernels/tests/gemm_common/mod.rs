@@ -1,5 +1,5 @@
 //! Shared helpers of the gemm tests: deterministic random data and f64 references.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::needless_range_loop)]
 
 use fgclip_kernels::gemm::{bf16_to_f32, f32_to_bf16, Epilogue, Kernel, PackedBf16};
 
@@ -18,7 +18,7 @@ impl Rng {
 }
 
 pub fn kernels() -> Vec<Kernel> {
-    let mut k = vec![Kernel::Portable];
+    let mut k = vec![Kernel::Portable, Kernel::PortableBaseline];
     if fgclip_kernels::gemm::has_avx512_bf16() {
         k.push(Kernel::Avx512Bf16);
     } else {
@@ -73,7 +73,8 @@ pub struct Reference {
 pub fn reference(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Reference {
     let mut dot = vec![0f64; m * n];
     let mut scale = vec![0f64; m * n];
-    let wn: Vec<f64> = (0..n).map(|j| w[j * k..(j + 1) * k].iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt()).collect();
+    let wn: Vec<f64> =
+        (0..n).map(|j| w[j * k..(j + 1) * k].iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt()).collect();
     for i in 0..m {
         let xi = &x[i * k..(i + 1) * k];
         let xn = xi.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
