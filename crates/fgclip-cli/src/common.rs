@@ -10,7 +10,7 @@ pub struct ModelArgs {
     /// Local checkpoint folder (official layout) or Hugging Face repo id, e.g. qihoo360/fg-clip2-base.
     #[arg(long, short = 'm', env = "FGCLIP_MODEL")]
     pub model: String,
-    /// cpu, cuda or cuda:N (cuda needs a build with the `cuda` feature).
+    /// cpu (cuda / cuda:N need a CUDA build, which does not exist yet).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Compute dtype: f32 (parity reference), f16 or bf16.
@@ -46,7 +46,7 @@ pub fn parse_device(s: &str) -> Result<Device> {
         "cpu" => Ok(Device::Cpu),
         s if s == "cuda" || s.starts_with("cuda:") => {
             let n: usize = s.strip_prefix("cuda:").map(|n| n.parse()).transpose().context("--device cuda:N needs a number")?.unwrap_or(0);
-            Device::new_cuda(n).with_context(|| format!("--device {s}: CUDA is not available in this build or on this machine"))
+            Device::new_cuda(n).with_context(|| format!("--device {s}: this build has no CUDA support (CPU only for now)"))
         }
         _ => bail!("unknown --device {s:?} (expected cpu, cuda or cuda:N)"),
     }
