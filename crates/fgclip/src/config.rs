@@ -292,14 +292,26 @@ impl ModelConfig {
 }
 
 fn check_heads(tower: &str, hidden: usize, heads: usize) -> std::result::Result<(), String> {
+    if hidden == 0 {
+        return Err(format!("{tower}: hidden_size is 0"));
+    }
     if heads == 0 || hidden % heads != 0 {
         return Err(format!("{tower}: hidden_size {hidden} is not divisible by num_attention_heads {heads}"));
     }
     Ok(())
 }
 
+fn check_layers(tower: &str, layers: usize) -> std::result::Result<(), String> {
+    if layers == 0 {
+        return Err(format!("{tower}: num_hidden_layers is 0"));
+    }
+    Ok(())
+}
+
 impl FgClipConfig {
     fn validate(&self) -> std::result::Result<(), String> {
+        check_layers("text_config", self.text.num_hidden_layers)?;
+        check_layers("vision_config", self.vision.num_hidden_layers)?;
         check_heads("text_config", self.text.hidden_size, self.text.num_attention_heads)?;
         check_heads("vision_config", self.vision.hidden_size, self.vision.num_attention_heads)?;
         if self.vision.patch_size == 0 || self.vision.image_size % self.vision.patch_size != 0 {
@@ -314,6 +326,8 @@ impl FgClipConfig {
 
 impl Fgclip2Config {
     fn validate(&self) -> std::result::Result<(), String> {
+        check_layers("text_config", self.text.num_hidden_layers)?;
+        check_layers("vision_config", self.vision.num_hidden_layers)?;
         check_heads("text_config", self.text.hidden_size, self.text.num_attention_heads)?;
         check_heads("vision_config", self.vision.hidden_size, self.vision.num_attention_heads)?;
         let g = self.vision.position_grid();

@@ -141,9 +141,14 @@ impl Model {
             ModelConfig::FgClip(c) => Towers::FgClip(FgClip::load(&weights, c)?),
             ModelConfig::FgClip2(c) => Towers::FgClip2(FgClip2::load(&weights, c)?),
         };
-        if opts.fast && opts.device.is_cpu() {
-            use crate::nn::fast::GemmPrecision;
-            let p = Some(if cpu_bf16 { GemmPrecision::Bf16 } else { GemmPrecision::F32 });
+        if cpu_bf16 {
+            // Inference-only model: packed bf16 weights replace the f32 ones to keep one copy in memory.
+            match &mut towers {
+                Towers::FgClip(m) => m.set_fast_bf16_inference()?,
+                Towers::FgClip2(m) => m.set_fast_bf16_inference()?,
+            }
+        } else if opts.fast && opts.device.is_cpu() {
+            let p = Some(crate::nn::fast::GemmPrecision::F32);
             match &mut towers {
                 Towers::FgClip(m) => m.set_fast(p)?,
                 Towers::FgClip2(m) => m.set_fast(p)?,

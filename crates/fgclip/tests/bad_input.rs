@@ -172,3 +172,16 @@ fn missing_and_corrupt_images_name_the_file() {
     assert!(e.to_string().contains("bad.jpg"), "{e}");
     let _ = std::fs::remove_file(&p);
 }
+
+#[test]
+fn zero_layer_config_is_rejected_not_a_panic() {
+    let Some(fx) = fixtures_dir() else { return };
+    let dir = scratch_copy(&fx.join("fgclip_v1/model"), "zero-layers");
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    v["vision_config"]["num_hidden_layers"] = serde_json::json!(0);
+    std::fs::write(dir.join("config.json"), v.to_string()).unwrap();
+    let msg = load(&dir).err().expect("must fail").to_string();
+    assert!(msg.contains("num_hidden_layers"), "{msg}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

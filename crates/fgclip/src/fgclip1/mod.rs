@@ -48,6 +48,14 @@ impl FgClip {
         })
     }
 
+    /// bf16 CPU inference: packs the encoders' Linear weights to bf16 and drops their f32 copies (see
+    /// `Encoder::set_fast_bf16_releasing_f32`); the model then serves untracked f32 CPU inputs only.
+    pub fn set_fast_bf16_inference(&mut self) -> Result<()> {
+        self.vision_model.encoder.set_fast_bf16_releasing_f32(true)?;
+        self.text_model.encoder.set_fast_bf16_releasing_f32(false)?;
+        Ok(())
+    }
+
     /// Enables (or disables with `None`) the CPU inference fast path of both towers.
     pub fn set_fast(&mut self, precision: Option<crate::nn::fast::GemmPrecision>) -> Result<()> {
         self.vision_model.encoder.set_fast(precision)?;

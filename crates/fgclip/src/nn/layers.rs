@@ -125,6 +125,9 @@ pub struct EncoderLayer {
     pub mlp: Mlp,
     /// The CPU inference fast path for this block, when enabled (see `nn::fast`).
     pub fast: Option<std::sync::Arc<super::fast::FastBlock>>,
+    /// Set when the f32 Linear weights were dropped after packing them for the bf16 fast path (keeps one copy
+    /// of the weights in memory); the plain path is then unavailable for this block.
+    pub f32_released: bool,
 }
 
 impl EncoderLayer {
@@ -135,6 +138,7 @@ impl EncoderLayer {
             layer_norm2: LayerNorm::load(&w.pp("layer_norm2"), dim, eps)?,
             mlp: Mlp::load(&w.pp("mlp"), dim, inter, act)?,
             fast: None,
+            f32_released: false,
         })
     }
 
@@ -146,6 +150,12 @@ impl EncoderLayer {
                 return x.contiguous()?.apply_op1_no_bwd(&op);
             }
         }
+        if self.f32_released {
+            candle_core::bail!(
+                "this model was loaded for bf16 CPU inference (its f32 weights were released): only untracked f32 CPU \
+                 inputs are supported; load it with dtype f32 for other uses"
+            );
+        }
         let h = self.self_attn.forward(&self.layer_norm1.forward(x)?, mask)?;
         let x = (x + h)?;
         let h = self.mlp.forward(&self.layer_norm2.forward(&x)?)?;
@@ -155,6 +165,9 @@ impl EncoderLayer {
     /// FG-CLIP's "forward without attention" (official: `fgclip.py` dense path): attention replaced by its
     /// value path, `x += out_proj(v_proj(ln1(x)))`, residuals and MLP kept.
     pub fn forward_value_path(&self, x: &Tensor) -> CResult<Tensor> {
+        if self.f32_released {
+            candle_core::bail!("the value path needs this block's f32 weights, which were released for bf16 inference");
+        }
         let v = self.self_attn.value_path(&self.layer_norm1.forward(x)?)?;
         let x = (x + v)?;
         let h = self.mlp.forward(&self.layer_norm2.forward(&x)?)?;
@@ -203,10 +216,34 @@ impl Encoder {
     /// Prepares (or, with `None`, drops) the CPU inference fast path of every block.
     pub fn set_fast(&mut self, precision: Option<super::fast::GemmPrecision>) -> CResult<()> {
         for l in &mut self.layers {
+            if l.f32_released {
+                candle_core::bail!("the f32 weights of this encoder were released for bf16 inference");
+            }
             l.fast = None;
             if let Some(p) = precision {
                 l.fast = super::fast::FastBlock::new(l, p)?.map(std::sync::Arc::new);
             }
+        }
+        Ok(())
+    }
+
+    /// For bf16 CPU inference: packs every block and drops its f32 Linear weights right away, so the peak
+    /// memory stays near one copy of the weights (packed bf16 + the rest in f32) instead of 1.5 copies.
+    /// `keep_last` keeps the last block's f32 weights (FG-CLIP's dense path re-runs that block's value path).
+    pub fn set_fast_bf16_releasing_f32(&mut self, keep_last: bool) -> CResult<()> {
+        let n = self.layers.len();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let Some(block) = super::fast::FastBlock::new(l, super::fast::GemmPrecision::Bf16)? else { continue };
+            l.fast = Some(std::sync::Arc::new(block));
+            if keep_last && i + 1 == n {
+                continue;
+            }
+            let empty = |t: &Tensor| Tensor::zeros(0, t.dtype(), t.device());
+            let a = &mut l.self_attn;
+            for lin in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.out_proj, &mut l.mlp.fc1, &mut l.mlp.fc2] {
+                lin.weight = empty(&lin.weight)?;
+            }
+            l.f32_released = true;
         }
         Ok(())
     }
