@@ -502,6 +502,9 @@ pub(crate) fn gelu_tanh_f32(x: f32) -> f32 {
     x / (1.0 + (-u2).min(88.0).exp())
 }
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx512::{gelu_tanh as avx512_gelu_tanh, quick_gelu as avx512_quick_gelu};
+
 #[inline]
 pub(crate) fn quick_gelu_f32(x: f32) -> f32 {
     x / (1.0 + (-1.702 * x).min(88.0).exp())

@@ -230,7 +230,7 @@ fn x_sigmoid(x: __m512, t: __m512) -> __m512 {
 /// 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))) = x·σ(2√(2/π)(x + 0.044715x³)).
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn gelu_tanh(x: __m512) -> __m512 {
+pub(crate) fn gelu_tanh(x: __m512) -> __m512 {
     let x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
     let u = _mm512_fmadd_ps(_mm512_set1_ps(0.044715), x3, x);
     x_sigmoid(x, _mm512_mul_ps(_mm512_set1_ps(2.0 * 0.797_884_6), u))
@@ -239,6 +239,6 @@ fn gelu_tanh(x: __m512) -> __m512 {
 /// x·σ(1.702x).
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn quick_gelu(x: __m512) -> __m512 {
+pub(crate) fn quick_gelu(x: __m512) -> __m512 {
     x_sigmoid(x, _mm512_mul_ps(_mm512_set1_ps(1.702), x))
 }
