@@ -260,6 +260,19 @@ pub struct FastBlock {
     bf16: bool,
 }
 
+/// q, k, v projections: three GEMMs writing into one strided buffer in f32 (reading the model's weights in
+/// place), one fused GEMM over packed weights in bf16 (the packing is a new copy anyway).
+fn qkv_linears(a: &super::Attention, precision: GemmPrecision) -> CResult<Vec<FastLinear>> {
+    Ok(match precision {
+        GemmPrecision::F32 => vec![
+            FastLinear::new(&a.q_proj, precision)?,
+            FastLinear::new(&a.k_proj, precision)?,
+            FastLinear::new(&a.v_proj, precision)?,
+        ],
+        GemmPrecision::Bf16 => vec![FastLinear::concat(&[&a.q_proj, &a.k_proj, &a.v_proj], precision)?],
+    })
+}
+
 fn ln_parts(l: &LayerNorm) -> CResult<(Vec<f32>, Vec<f32>, f32)> {
     Ok((to_vec(&l.weight)?, to_vec(&l.bias)?, l.eps as f32))
 }
@@ -271,14 +284,7 @@ impl FastBlock {
         if l.mlp.act.0 == Activation::Gelu {
             return Ok(None);
         }
-        let qkv = match precision {
-            GemmPrecision::F32 => vec![
-                FastLinear::new(&a.q_proj, precision)?,
-                FastLinear::new(&a.k_proj, precision)?,
-                FastLinear::new(&a.v_proj, precision)?,
-            ],
-            GemmPrecision::Bf16 => vec![FastLinear::concat(&[&a.q_proj, &a.k_proj, &a.v_proj], precision)?],
-        };
+        let qkv = qkv_linears(a, precision)?;
         Ok(Some(Self {
             ln1: Some(ln_parts(&l.layer_norm1)?),
             ln2: ln_parts(&l.layer_norm2)?,
@@ -300,14 +306,7 @@ impl FastBlock {
         if h.mlp.act.0 == Activation::Gelu {
             return Ok(None);
         }
-        let qkv = match precision {
-            GemmPrecision::F32 => vec![
-                FastLinear::new(&a.q_proj, precision)?,
-                FastLinear::new(&a.k_proj, precision)?,
-                FastLinear::new(&a.v_proj, precision)?,
-            ],
-            GemmPrecision::Bf16 => vec![FastLinear::concat(&[&a.q_proj, &a.k_proj, &a.v_proj], precision)?],
-        };
+        let qkv = qkv_linears(a, precision)?;
         Ok(Some(Self {
             ln1: None,
             ln2: ln_parts(&h.layernorm)?,
