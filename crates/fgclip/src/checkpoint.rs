@@ -10,7 +10,7 @@
 //! tensors (inference) or on trainable [`candle_core::Var`]s (training): see [`Weights::from_varmap`].
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Shape, Tensor, Var};
@@ -39,10 +39,22 @@ impl Mapped {
         for (i, p) in paths.iter().enumerate() {
             let err = |msg: String| Error::File { path: p.clone(), msg };
             let f = std::fs::File::open(p).map_err(|e| err(format!("cannot open: {e}")))?;
+            let len = f.metadata().map_err(|e| err(format!("cannot stat: {e}")))?.len();
+            if len < 8 {
+                return Err(err(format!("not a safetensors file (shorter than its 8-byte header: {len} bytes)")));
+            }
             // SAFETY: mapped read-only; as with any mmap, the file must not be modified while mapped.
             let mmap = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| err(format!("cannot map: {e}")))?;
-            let (header, meta) = safetensors::SafeTensors::read_metadata(&mmap[..])
-                .map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
+            // read_metadata also checks that the data section holds every tensor's bytes.
+            let (header, meta) = safetensors::SafeTensors::read_metadata(&mmap[..]).map_err(|e| {
+                use safetensors::SafeTensorError as E;
+                match e {
+                    E::MetadataIncompleteBuffer | E::InvalidHeaderLength => {
+                        err(format!("truncated (or not a safetensors file): {e:?}, file size {len}"))
+                    }
+                    e => err(format!("not a valid safetensors file: {e}")),
+                }
+            })?;
             for name in meta.tensors().keys() {
                 routing.insert(name.clone(), i);
             }
@@ -117,9 +129,6 @@ impl Weights {
     /// Memory-maps the safetensors files (one file, or all shards of an index). Tensors are converted to
     /// `dtype` on `device` when first requested; storage may be f32, bf16 or f16.
     pub fn from_safetensors(paths: &[PathBuf], dtype: DType, device: &Device) -> Result<Self> {
-        for p in paths {
-            check_safetensors_header(p)?;
-        }
         Ok(Self::new(Source::Mmap(Mapped::open(paths)?), dtype, device))
     }
 
@@ -266,45 +275,6 @@ pub fn load_into_varmap(paths: &[PathBuf], varmap: &VarMap, dtype: DType, device
     for name in w.names() {
         let t = w.get_unchecked(&name)?;
         data.insert(name, Var::from_tensor(&t)?);
-    }
-    Ok(())
-}
-
-/// Fails early, naming the file, on a missing, truncated or non-safetensors file (mmap would give a less
-/// readable message).
-fn check_safetensors_header(path: &Path) -> Result<()> {
-    use std::io::Read;
-    let err = |msg: String| Error::File { path: path.to_path_buf(), msg };
-    let mut f = std::fs::File::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
-    let len = f.metadata().map_err(|e| err(format!("cannot stat: {e}")))?.len();
-    let mut n = [0u8; 8];
-    f.read_exact(&mut n).map_err(|_| err("not a safetensors file (shorter than its 8-byte header)".into()))?;
-    let header_len = u64::from_le_bytes(n);
-    if header_len == 0 || header_len > 100_000_000 || 8 + header_len > len {
-        return Err(err(format!("not a safetensors file or truncated (header length {header_len}, file size {len})")));
-    }
-    let mut header = vec![0u8; header_len as usize];
-    f.read_exact(&mut header).map_err(|e| err(format!("truncated header: {e}")))?;
-    let json: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|e| err(format!("corrupt safetensors header: {e}")))?;
-    // The data section must hold every tensor's byte range.
-    let mut data_end = 0u64;
-    if let Some(obj) = json.as_object() {
-        for (k, v) in obj {
-            if k == "__metadata__" {
-                continue;
-            }
-            if let Some(end) = v.get("data_offsets").and_then(|o| o.get(1)).and_then(|e| e.as_u64()) {
-                data_end = data_end.max(end);
-            }
-        }
-    }
-    if 8 + header_len + data_end > len {
-        return Err(err(format!(
-            "truncated: tensors need {} bytes of data, file has {}",
-            data_end,
-            len - 8 - header_len
-        )));
     }
     Ok(())
 }
