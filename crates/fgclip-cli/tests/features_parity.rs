@@ -1,27 +1,17 @@
 //! `fgclip features` against the official outputs, run exactly as a user (and the acceptance check) runs it:
 //! photo files, raw strings, pixel boxes in a JSON file → one safetensors file.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use common::{fgclip, fixtures, stderr};
 
 use candle_core::{Device, IndexOp, Tensor};
 
 /// Unnormalised features; measured ≤ 4e-6 (see crates/fgclip/tests/parity_*.rs).
 const TOL: f32 = 2e-5;
-
-fn fixtures() -> Option<PathBuf> {
-    let dir = match std::env::var_os("FGCLIP_FIXTURES") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"),
-    };
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("SKIP: fixtures folder {} not found (set FGCLIP_FIXTURES)", dir.display());
-        None
-    }
-}
 
 fn tmp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("fgclip-cli-{}-{name}", std::process::id()))
@@ -43,11 +33,10 @@ fn close(what: &str, a: &Tensor, b: &Tensor) {
     assert!(d <= TOL, "{what}: max abs diff {d}");
 }
 
-fn fgclip(args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_fgclip")).args(args).output().unwrap();
-    if !out.status.success() {
-        panic!("fgclip {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
+/// Runs `fgclip` and requires success.
+fn fgclip_ok(args: &[&str]) -> std::process::Output {
+    let out = fgclip(args);
+    assert!(out.status.success(), "fgclip {args:?} failed: {}", stderr(&out));
     out
 }
 
@@ -76,7 +65,7 @@ fn features_command_fgclip1() {
         args.extend(["--text".into(), c.as_str().unwrap().into()]);
     }
     args.extend(["--boxes".into(), boxes_file.display().to_string(), "--dense".into(), "--out".into(), out.display().to_string()]);
-    fgclip(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    fgclip_ok(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
     let got = load(&out);
     close("image_embeds", &got["image_embeds"], &exp["image_embeds"]);
     close("text_embeds (short)", &got["text_embeds"], &exp["text_embeds_short"]);
@@ -90,7 +79,7 @@ fn features_command_fgclip1() {
     let long: Vec<&str> = manifest["captions_long"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
     std::fs::write(&texts, long.join("\n")).unwrap();
     let out2 = tmp("v1-long.safetensors");
-    fgclip(&["features", "--model", &model, "--texts-file", texts.to_str().unwrap(), "--walk", "long", "--out", out2.to_str().unwrap()]);
+    fgclip_ok(&["features", "--model", &model, "--texts-file", texts.to_str().unwrap(), "--walk", "long", "--out", out2.to_str().unwrap()]);
     close("text_embeds (long)", &load(&out2)["text_embeds"], &exp["text_embeds_long"]);
     for p in [boxes_file, out, texts, out2] {
         let _ = std::fs::remove_file(p);
@@ -115,7 +104,7 @@ fn features_command_fgclip2() {
         for i in &imgs {
             args.extend(["--image", i.as_str()]);
         }
-        fgclip(&args);
+        fgclip_ok(&args);
         let got = load(&out);
         close(&format!("{set}.image_embeds"), &got["image_embeds"], &exp[&format!("{set}.image_embeds")]);
         close(&format!("{set}.roi_embeds"), &got["roi_embeds"], &exp[&format!("{set}.region_embeds")]);
@@ -129,7 +118,7 @@ fn features_command_fgclip2() {
     }
     // Default budget: the dynamic bucket (cat → 1024 patches).
     let out = tmp("v2-dyn.safetensors");
-    fgclip(&["features", "--model", &model, "--image", &imgs[0], "--out", out.to_str().unwrap()]);
+    fgclip_ok(&["features", "--model", &model, "--image", &imgs[0], "--out", out.to_str().unwrap()]);
     close("dyn.image_embeds", &load(&out)["image_embeds"], &exp["dyn.image_embeds"]);
     // Raw strings (EN + ZH) per walk, through the checkpoint's tokenizer.
     let strings: serde_json::Value =
@@ -141,7 +130,7 @@ fn features_command_fgclip2() {
             args.extend(["--text".into(), s.as_str().unwrap().into()]);
         }
         args.extend(["--out".into(), out.display().to_string()]);
-        fgclip(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+        fgclip_ok(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
         close(&format!("str.{walk}.text_embeds"), &load(&out)["text_embeds"], &exp_s[&format!("str.{walk}.text_embeds")]);
     }
     let _ = std::fs::remove_file(&out);
@@ -153,7 +142,7 @@ fn features_command_rejects_bad_input_without_panicking() {
     let Some(fx) = fixtures() else { return };
     let model = fx.join("fgclip2/model").display().to_string();
     let out = tmp("bad.safetensors");
-    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_fgclip")).args(args).output().unwrap();
+    let run = fgclip;
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["features", "--model", &model, "--image", "/nonexistent.jpg", "--out", out.to_str().unwrap()], "/nonexistent.jpg"),
         (vec!["features", "--model", "/nonexistent-model", "--text", "x", "--out", out.to_str().unwrap()], "/nonexistent-model"),
