@@ -128,12 +128,7 @@ pub fn run(a: Args) -> Result<()> {
     // Must happen before the first parallel op initialises the thread pool.
     std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
     let device = crate::common::parse_device(&a.device)?;
-    let dtype = match a.dtype.as_str() {
-        "f32" => DType::F32,
-        "f16" => DType::F16,
-        "bf16" => DType::BF16,
-        d => bail!("unknown --dtype {d:?}"),
-    };
+    let dtype = crate::common::parse_dtype(&a.dtype)?;
     let batches: Vec<usize> =
         a.batch.split(',').map(|s| s.trim().parse::<usize>()).collect::<std::result::Result<_, _>>().context("--batch: comma-separated numbers")?;
     if batches.iter().any(|&b| b == 0) {
@@ -275,11 +270,14 @@ fn write_checkpoint(wl: &str, dir: &std::path::Path, tokenizer_from: Option<&std
     } else {
         let cfg = v2_config()?;
         FgClip2::load(&w, &cfg)?;
+        let (v, t) = (&cfg.vision, &cfg.text);
         serde_json::json!({
             "architectures": ["FG_CLIP2_Model"], "model_type": "fgclip2",
-            "vision_config": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072, "patch_size": 16, "num_patches": 256},
-            "text_config": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072, "vocab_size": 256000,
-                "max_position_embeddings": 64, "longtext_len": 196, "keep_len": 20, "projection_size": 768},
+            "vision_config": {"hidden_size": v.hidden_size, "num_hidden_layers": v.num_hidden_layers, "num_attention_heads": v.num_attention_heads,
+                "intermediate_size": v.intermediate_size, "patch_size": v.patch_size, "num_patches": v.num_patches},
+            "text_config": {"hidden_size": t.hidden_size, "num_hidden_layers": t.num_hidden_layers, "num_attention_heads": t.num_attention_heads,
+                "intermediate_size": t.intermediate_size, "vocab_size": t.vocab_size, "max_position_embeddings": t.max_position_embeddings,
+                "longtext_len": t.longtext_len, "keep_len": t.keep_len, "projection_size": t.projection_size()},
         })
     };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -24,12 +24,7 @@ pub struct ModelArgs {
 impl ModelArgs {
     pub fn load(&self) -> Result<Model> {
         let device = parse_device(&self.device)?;
-        let dtype = match self.dtype.as_str() {
-            "f32" => DType::F32,
-            "f16" => DType::F16,
-            "bf16" => DType::BF16,
-            d => bail!("unknown --dtype {d:?} (expected f32, f16 or bf16)"),
-        };
+        let dtype = parse_dtype(&self.dtype)?;
         let text_mask = match self.text_mask.as_str() {
             "auto" => TextMask::Auto,
             "on" => TextMask::On,
@@ -38,6 +33,16 @@ impl ModelArgs {
         };
         let opts = LoadOptions { device, dtype, text_mask, ..Default::default() };
         Model::load(&self.model, &opts).with_context(|| format!("loading model {}", self.model))
+    }
+}
+
+/// `--dtype`: f32, f16 or bf16.
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        d => bail!("unknown --dtype {d:?} (expected f32, f16 or bf16)"),
     }
 }
 
