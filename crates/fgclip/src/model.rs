@@ -369,10 +369,10 @@ impl Model {
         if texts.is_empty() {
             return Err(Error::input("no texts given"));
         }
-        let batch = self.tokenize(texts, walk)?;
-        let ids = Tensor::from_vec(batch.ids.clone(), (batch.n, batch.len), &self.device)?;
+        let TokenBatch { ids, attention_mask, n, len } = self.tokenize(texts, walk)?;
+        let ids = Tensor::from_vec(ids, (n, len), &self.device)?;
         let mask = if self.text_mask {
-            Some(Tensor::from_vec(batch.attention_mask.clone(), (batch.n, batch.len), &self.device)?)
+            Some(Tensor::from_vec(attention_mask, (n, len), &self.device)?)
         } else {
             None
         };
