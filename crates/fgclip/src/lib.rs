@@ -11,6 +11,7 @@ pub mod fgclip1;
 pub mod fgclip2;
 pub mod flops;
 pub mod hub;
+pub mod loss;
 pub mod nn;
 pub mod model;
 pub mod tokenize;

@@ -1,0 +1,9 @@
+//! fgclip-train: training and evaluation for FG-CLIP and FG-CLIP 2.
+//!
+//! Data flows one way: FineHARD records ([`data`]) → batches in the official collator's layout ([`batch`]) →
+//! the papers' objectives on the towers ([`objective`], on the loss functions of `fgclip::loss`) → the
+//! optimiser ([`optim`]) and the loop with checkpoints and resume ([`trainer`]). [`synth`] renders a
+//! fine-grained dataset anywhere; [`eval`] scores FG-OVD-style files.
+
+pub mod batch;
+pub mod data;

@@ -1,0 +1,1 @@
+//! Training objectives of both papers (spec §5). Filled in by the loss work.
