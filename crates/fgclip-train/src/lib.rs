@@ -7,3 +7,9 @@
 
 pub mod batch;
 pub mod data;
+pub mod dist;
+pub mod error;
+pub mod optim;
+pub mod trainable;
+
+pub use error::{Result, TrainError};

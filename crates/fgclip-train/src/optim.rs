@@ -1,0 +1,151 @@
+//! AdamW with the official trainers' parameter groups, and the warmup + cosine schedule (spec §5.2, §5.3).
+//!
+//! Groups (both trainers): a parameter gets weight decay unless it belongs to a LayerNorm module or its name
+//! contains "bias" — so embeddings, logit scales and probes *are* decayed, as in the official runs. Update rule =
+//! `torch.optim.AdamW` (decoupled decay `p ← p·(1 − lr·wd)`, bias-corrected moments). Moments are kept in f32 and
+//! saved with checkpoints so a resumed run continues bit-for-bit on the CPU.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
+
+use crate::error::{Result, TrainError};
+
+/// AdamW hyper-parameters.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl AdamWConfig {
+    /// FG-CLIP stage 2 (`scripts/train.sh`, HF defaults): β = (0.9, 0.999), ε = 1e-8, wd 0.001, lr 1e-6.
+    pub fn fgclip() -> Self {
+        Self { lr: 1e-6, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.001 }
+    }
+    /// FG-CLIP 2 stage 2 (`stage2_fgclip2.sh`): β = (0.9, 0.98), ε = 1e-6, wd 0.001, lr 1e-6.
+    pub fn fgclip2() -> Self {
+        Self { lr: 1e-6, beta1: 0.9, beta2: 0.98, eps: 1e-6, weight_decay: 0.001 }
+    }
+}
+
+/// Whether the official grouping decays this parameter.
+pub fn decays(name: &str) -> bool {
+    // CLIP spells one of them `pre_layrnorm`.
+    let in_layer_norm = name.contains("layer_norm") || name.contains("layernorm") || name.contains("layrnorm");
+    !in_layer_norm && !name.contains("bias")
+}
+
+struct Slot {
+    name: String,
+    var: Var,
+    m: Tensor,
+    v: Tensor,
+    decay: bool,
+}
+
+pub struct AdamW {
+    slots: Vec<Slot>,
+    pub cfg: AdamWConfig,
+    /// Updates applied so far (bias correction uses step + 1).
+    pub step: usize,
+}
+
+impl AdamW {
+    /// Optimises `vars` (name, var), in the given order.
+    pub fn new(vars: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self> {
+        let slots = vars
+            .into_iter()
+            .map(|(name, var)| {
+                let z = Tensor::zeros(var.dims(), DType::F32, var.device())?;
+                Ok(Slot { decay: decays(&name), name, m: z.clone(), v: z, var })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { slots, cfg, step: 0 })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.slots.iter().map(|s| s.name.as_str())
+    }
+
+    /// One update at learning rate `lr` with the gradients in `grads` (parameters without a gradient are left
+    /// alone, as torch does for `grad is None`). `grad_scale` multiplies every gradient first (1/accumulation).
+    pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
+        let c = self.cfg;
+        let t = (self.step + 1) as i32;
+        let bc1 = 1.0 - c.beta1.powi(t);
+        let bc2 = 1.0 - c.beta2.powi(t);
+        for s in &mut self.slots {
+            let Some(g) = grads.get(s.var.as_tensor()) else { continue };
+            let g = if grad_scale != 1.0 { (g.to_dtype(DType::F32)? * grad_scale)? } else { g.to_dtype(DType::F32)? };
+            let m = ((&s.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+            let v = ((&s.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            let denom = ((&v / bc2)?.sqrt()? + c.eps)?;
+            let upd = ((&m / bc1)? / denom)?;
+            let p = s.var.as_tensor().to_dtype(DType::F32)?;
+            let p = if s.decay && c.weight_decay != 0.0 { (p * (1.0 - lr * c.weight_decay))? } else { p };
+            let p = (p - (upd * lr)?)?;
+            s.var.set(&p.to_dtype(s.var.dtype())?)?;
+            s.m = m;
+            s.v = v;
+        }
+        self.step += 1;
+        Ok(())
+    }
+
+    /// Moments by `<name>.exp_avg` / `<name>.exp_avg_sq`, plus the step count, for checkpoints.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut ts: HashMap<String, Tensor> = HashMap::new();
+        for s in &self.slots {
+            ts.insert(format!("{}.exp_avg", s.name), s.m.to_device(&Device::Cpu)?);
+            ts.insert(format!("{}.exp_avg_sq", s.name), s.v.to_device(&Device::Cpu)?);
+        }
+        ts.insert("__step__".into(), Tensor::new(&[self.step as u32], &Device::Cpu)?);
+        let tmp = path.with_extension("tmp");
+        candle_core::safetensors::save(&ts, &tmp)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+
+    pub fn load(&mut self, path: &Path) -> Result<()> {
+        let err = |msg: String| TrainError::Checkpoint { path: path.into(), msg };
+        let ts = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| err(e.to_string()))?;
+        for s in &mut self.slots {
+            for (suffix, dst) in [("exp_avg", &mut s.m), ("exp_avg_sq", &mut s.v)] {
+                let key = format!("{}.{suffix}", s.name);
+                let t = ts.get(&key).ok_or_else(|| err(format!("optimizer state `{key}` is missing")))?;
+                if t.dims() != s.var.dims() {
+                    return Err(err(format!("optimizer state `{key}` has shape {:?}, expected {:?}", t.dims(), s.var.dims())));
+                }
+                *dst = t.to_device(s.var.device())?;
+            }
+        }
+        let step = ts.get("__step__").ok_or_else(|| err("optimizer step count is missing".into()))?;
+        self.step = step.to_vec1::<u32>()?[0] as usize;
+        Ok(())
+    }
+}
+
+/// Learning-rate schedule: linear warmup from 0, then cosine decay to 0 (HF `get_cosine_schedule_with_warmup`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Schedule {
+    pub base_lr: f64,
+    pub warmup_steps: usize,
+    pub total_steps: usize,
+}
+
+impl Schedule {
+    /// The learning rate of update number `step` (0-based).
+    pub fn lr(&self, step: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.base_lr * step as f64 / self.warmup_steps.max(1) as f64;
+        }
+        let span = self.total_steps.saturating_sub(self.warmup_steps).max(1) as f64;
+        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
+        self.base_lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
