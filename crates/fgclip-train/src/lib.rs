@@ -8,8 +8,11 @@
 pub mod batch;
 pub mod data;
 pub mod dist;
+pub mod config;
 pub mod error;
+pub mod objective;
 pub mod optim;
 pub mod trainable;
+pub mod trainer;
 
 pub use error::{Result, TrainError};
