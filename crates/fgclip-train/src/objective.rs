@@ -59,6 +59,8 @@ pub struct LossReport {
     pub hard_contrastive: Option<f32>,
     pub hard_pair: Option<f32>,
     pub hard_cmr: Option<f32>,
+    /// FG-CLIP 2: this rank's θ_new before synchronisation (the incoming θ when it had no hard boxes).
+    pub threshold_rank: Option<f32>,
     /// FG-CLIP 2: the rank threshold for the next step (after all-reduce and clamp).
     pub threshold_next: Option<f32>,
     pub boxes: usize,
@@ -344,6 +346,7 @@ fn forward_v2(
     // Threshold synchronisation: every rank calls the collective every step (a rank without hard boxes
     // contributes its current θ, as the official code does), so ranks never desynchronise.
     if !skip_rest {
+        report.threshold_rank = Some(threshold_new);
         let sum = coll.all_reduce_sum(&[threshold_new])?[0];
         report.threshold_next = Some(loss::next_threshold(sum, coll.world()));
     } else {
