@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod objective;
 pub mod optim;
+pub mod tiny;
 pub mod trainable;
 pub mod trainer;
 
