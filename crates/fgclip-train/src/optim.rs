@@ -149,3 +149,46 @@ impl Schedule {
         self.base_lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decay_groups_follow_the_official_rule() {
+        assert!(decays("vision_model.encoder.layers.0.mlp.fc1.weight"));
+        assert!(decays("text_model.embeddings.token_embedding.weight"));
+        assert!(decays("logit_scale"));
+        assert!(!decays("vision_model.encoder.layers.0.mlp.fc1.bias"));
+        assert!(!decays("vision_model.pre_layrnorm.weight"));
+        assert!(!decays("text_model.final_layer_norm.weight"));
+        assert!(!decays("vision_model.head.layernorm.weight"));
+    }
+
+    /// One step against torch.optim.AdamW worked by hand: p=1, g=0.5, lr=0.1, wd=0.01 →
+    /// p·(1−lr·wd) = 0.999, m̂ = 0.5, v̂ = 0.25, p − lr·m̂/(√v̂+ε) = 0.899; a bias gets no decay: 0.9.
+    #[test]
+    fn one_step_matches_torch_adamw() {
+        let dev = Device::Cpu;
+        let w = Var::new(&[1f32], &dev).unwrap();
+        let b = Var::new(&[1f32], &dev).unwrap();
+        let cfg = AdamWConfig { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
+        let mut opt = AdamW::new(vec![("fc.weight".into(), w.clone()), ("fc.bias".into(), b.clone())], cfg).unwrap();
+        let loss = ((w.as_tensor() * 0.5).unwrap() + (b.as_tensor() * 0.5).unwrap()).unwrap().sum_all().unwrap();
+        opt.step(&loss.backward().unwrap(), 0.1, 1.0).unwrap();
+        let wv = w.as_tensor().to_vec1::<f32>().unwrap()[0];
+        let bv = b.as_tensor().to_vec1::<f32>().unwrap()[0];
+        assert!((wv - 0.899).abs() < 1e-6, "{wv}");
+        assert!((bv - 0.9).abs() < 1e-6, "{bv}");
+    }
+
+    #[test]
+    fn warmup_then_cosine_to_zero() {
+        let s = Schedule { base_lr: 1.0, warmup_steps: 4, total_steps: 14 };
+        assert_eq!(s.lr(0), 0.0);
+        assert_eq!(s.lr(2), 0.5);
+        assert_eq!(s.lr(4), 1.0);
+        assert!((s.lr(9) - 0.5).abs() < 1e-12);
+        assert!(s.lr(14).abs() < 1e-12);
+    }
+}

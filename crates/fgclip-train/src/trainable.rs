@@ -141,11 +141,12 @@ impl Trainable {
         v
     }
 
-    /// Current values by official key (detached copies on the CPU).
+    /// Current values by official key, copied to the CPU (a `detach` would alias the storage that the
+    /// optimiser updates in place).
     pub fn state_dict(&self) -> Result<HashMap<String, Tensor>> {
         self.named_vars()
             .into_iter()
-            .map(|(k, v)| Ok((k, v.as_tensor().detach().to_device(&Device::Cpu)?)))
+            .map(|(k, v)| Ok((k, v.as_tensor().detach().to_device(&Device::Cpu)?.copy()?)))
             .collect()
     }
 
