@@ -9,6 +9,7 @@ mod cmd_classify;
 mod cmd_features;
 mod cmd_heatmap;
 mod cmd_info;
+mod cmd_train;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +35,8 @@ enum Command {
     Heatmap(cmd_heatmap::Args),
     /// Measure images/s and texts/s at the released models' real sizes (random weights).
     Bench(cmd_bench::Args),
+    /// Train or fine-tune with the papers' objectives (FineHARD-layout data, TOML config; resumes by itself).
+    Train(cmd_train::Args),
     /// Describe a checkpoint: family, sizes, embedding dimension, text lengths, patch budgets.
     Info(cmd_info::Args),
 }
@@ -54,6 +57,7 @@ fn main() {
         Command::Heatmap(a) => cmd_heatmap::run(a),
         Command::Info(a) => cmd_info::run(a),
         Command::Bench(a) => cmd_bench::run(a),
+        Command::Train(a) => cmd_train::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -92,7 +92,7 @@ fn d_prefetch() -> usize {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct TrainSection {
     /// "stage1" (global short + long losses) or "stage2" (+ regional, hard-negative and, for FG-CLIP 2, TIC).
     pub preset: String,
@@ -188,6 +188,11 @@ impl TrainConfig {
             .map_err(|e: toml::de::Error| TrainError::Config(e.message().to_string() + &span_hint(&e)))?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The resolved configuration as TOML (written next to the run's outputs).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| TrainError::Config(e.to_string()))
     }
 
     pub fn validate(&self) -> Result<()> {

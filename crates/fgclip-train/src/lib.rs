@@ -7,11 +7,15 @@
 
 pub mod batch;
 pub mod data;
+pub mod eval;
+pub mod synth;
+pub mod loader;
 pub mod dist;
 pub mod config;
 pub mod error;
 pub mod objective;
 pub mod optim;
+pub mod run;
 pub mod tiny;
 pub mod trainable;
 pub mod trainer;

@@ -1,0 +1,229 @@
+//! `fgclip train` end to end: configuration → model (official checkpoint, backbone, or from scratch) → data
+//! (FineHARD files, the official collator, the resumable loader) → the loop, on one process or on ranks
+//! simulated by threads. The CLI only parses arguments and prints the summary.
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use fgclip::hub::{self, ModelFiles};
+
+use crate::config::TrainConfig;
+use crate::data::{DataSpec, Dataset, ImageRoots, Policy};
+use crate::dist::{Collective, SingleProcess, ThreadGroup};
+use crate::error::{Result, TrainError};
+use crate::optim::AdamWConfig;
+use crate::trainable::Trainable;
+use crate::trainer::{self, LoopConfig, RunSummary};
+
+/// The device named in the config ("cpu", "cuda", "cuda:N").
+pub fn device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let n: usize = match s.strip_prefix("cuda:") {
+                Some(n) => n.parse().map_err(|_| TrainError::Config(format!("train.device {s:?}: expected cuda:N")))?,
+                None => 0,
+            };
+            Device::new_cuda(n).map_err(|e| TrainError::Config(format!("train.device {s}: {e} (is this a CUDA build?)")))
+        }
+        s => Err(TrainError::Config(format!("train.device {s:?}: expected cpu, cuda or cuda:N"))),
+    }
+}
+
+/// The files the model and its tokenizer come from.
+fn model_files(cfg: &TrainConfig) -> Result<(Option<ModelFiles>, ModelFiles)> {
+    match (&cfg.model.init, &cfg.model.config) {
+        (Some(init), _) => {
+            let f = hub::resolve(init)?;
+            Ok((Some(f.clone()), f))
+        }
+        (None, Some(_)) => {
+            let tok = cfg.model.tokenizer.as_deref().ok_or_else(|| TrainError::Config("model.tokenizer is not set".into()))?;
+            Ok((None, hub::resolve(tok)?))
+        }
+        (None, None) => Err(TrainError::Config("model: set `init` or `config`".into())),
+    }
+}
+
+/// Builds this rank's model: the official checkpoint, or a fresh one seeded by `train.seed` (every rank gets
+/// the same initial weights, as DDP's broadcast ensures).
+pub fn build_model(cfg: &TrainConfig, dev: &Device) -> Result<Trainable> {
+    let (init, tok) = model_files(cfg)?;
+    match (init, &cfg.model.config) {
+        (Some(files), _) => Trainable::from_files(&files, dev),
+        (None, Some(config)) => {
+            let tok_files: Vec<PathBuf> = [&tok.tokenizer_json, &tok.tokenizer_config, &tok.vocab_json, &tok.merges_txt, &tok.special_tokens_map, &tok.preprocessor_config]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect();
+            Trainable::from_scratch(config, tok_files, cfg.train.seed, dev)
+        }
+        _ => Err(TrainError::Config("model: set `init` or `config`".into())),
+    }
+}
+
+/// The files the collator reads (config + tokenizer + processor): the checkpoint, or for a model trained from
+/// scratch its config.json beside the tokenizer's folder.
+fn collator_files(cfg: &TrainConfig) -> Result<ModelFiles> {
+    let (init, mut tok) = model_files(cfg)?;
+    if let Some(f) = init {
+        return Ok(f);
+    }
+    if let Some(c) = &cfg.model.config {
+        tok.config = c.clone();
+    }
+    Ok(tok)
+}
+
+/// Loads the training data named by the config and reports how many records were skipped.
+pub fn load_dataset(cfg: &TrainConfig) -> Result<Dataset> {
+    let policy = if cfg.data.on_bad == "reject" { Policy::Reject } else { Policy::Skip };
+    let mut roots = ImageRoots::new(cfg.data.image_root.clone());
+    roots.cn = cfg.data.cn_image_root.clone();
+    let spec = DataSpec { en: cfg.data.train.clone(), cn: cfg.data.cn_train.clone(), roots, policy, check_images: true };
+    let ds = Dataset::load(&spec)?;
+    for issue in &ds.issues {
+        tracing::warn!("skipped: {issue}");
+    }
+    if ds.is_empty() {
+        return Err(TrainError::Config("no usable training records".into()));
+    }
+    Ok(ds)
+}
+
+fn loop_config(cfg: &TrainConfig, family: fgclip::config::Family, progress: bool) -> LoopConfig {
+    let base = match family {
+        fgclip::config::Family::FgClip => AdamWConfig::fgclip(),
+        fgclip::config::Family::FgClip2 => AdamWConfig::fgclip2(),
+    };
+    let t = &cfg.train;
+    let adamw = AdamWConfig {
+        lr: t.lr,
+        beta1: t.beta1.unwrap_or(base.beta1),
+        beta2: t.beta2.unwrap_or(base.beta2),
+        eps: t.eps.unwrap_or(base.eps),
+        weight_decay: t.weight_decay.unwrap_or(base.weight_decay),
+    };
+    let frozen = if t.freeze == "none" { vec![] } else { trainer::tower_prefixes(family, &t.freeze) };
+    LoopConfig {
+        objective: cfg.objective(),
+        adamw,
+        epochs: t.epochs,
+        max_steps: t.max_steps,
+        grad_accum: t.grad_accum,
+        warmup_steps: t.warmup_steps,
+        warmup_ratio: t.warmup_ratio,
+        frozen_prefixes: frozen,
+        out_dir: cfg.output.dir.clone(),
+        save_every: cfg.output.save_every,
+        keep_last: cfg.output.keep_last,
+        log_every: cfg.output.log_every,
+        seed: t.seed,
+        progress,
+    }
+}
+
+/// Runs `cfg` to the end (or resumes it); rank 0's summary is returned.
+pub fn run(cfg: &TrainConfig, progress: bool) -> Result<RunSummary> {
+    let dev = device(&cfg.train.device)?;
+    let dataset = std::sync::Arc::new(load_dataset(cfg)?);
+    let files = collator_files(cfg)?;
+    std::fs::create_dir_all(&cfg.output.dir)?;
+    std::fs::write(cfg.output.dir.join("train_config.toml"), cfg.to_toml()?)?;
+    let world = cfg.train.simulate_ranks;
+    let one = |coll: &dyn Collective| -> Result<RunSummary> {
+        let model = build_model(cfg, &dev)?;
+        let lc = loop_config(cfg, model.family(), progress && coll.rank() == 0);
+        let mut source = source_for(cfg, &files, dataset.clone(), coll.rank(), coll.world(), &dev)?;
+        trainer::train(&model, &mut source, &lc, coll)
+    };
+    if world == 1 {
+        return one(&SingleProcess);
+    }
+    let results: Vec<Result<RunSummary>> = std::thread::scope(|s| {
+        let handles: Vec<_> = ThreadGroup::new(world).into_iter().map(|g| s.spawn(move || one(&g))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(TrainError::Dist("a rank panicked".into())))).collect()
+    });
+    let mut first = None;
+    for r in results {
+        let r = r?;
+        first.get_or_insert(r);
+    }
+    first.ok_or_else(|| TrainError::Dist("no ranks ran".into()))
+}
+
+/// This rank's batches: each epoch a seeded permutation of the dataset, cut into global batches of
+/// `world·batch_size` (the last incomplete one dropped), of which this rank takes its slice; every batch's random
+/// choices come from (seed, epoch, batch), so a resumed run collates the same batches.
+pub struct SimpleSource {
+    collator: crate::batch::Collator,
+    data: std::sync::Arc<Dataset>,
+    policy: Policy,
+    batch_size: usize,
+    rank: usize,
+    world: usize,
+    seed: u64,
+    device: Device,
+    order: Vec<usize>,
+    epoch: usize,
+    next: usize,
+}
+
+pub fn source_for(
+    cfg: &TrainConfig,
+    files: &ModelFiles,
+    data: std::sync::Arc<Dataset>,
+    rank: usize,
+    world: usize,
+    dev: &Device,
+) -> Result<SimpleSource> {
+    let collator = crate::batch::Collator::from_files(files)?;
+    let policy = if cfg.data.on_bad == "reject" { Policy::Reject } else { Policy::Skip };
+    Ok(SimpleSource {
+        collator,
+        data,
+        policy,
+        batch_size: cfg.train.batch_size,
+        rank,
+        world,
+        seed: cfg.train.seed,
+        device: dev.clone(),
+        order: vec![],
+        epoch: 0,
+        next: 0,
+    })
+}
+
+impl trainer::BatchSource for SimpleSource {
+    fn batches_per_epoch(&self) -> usize {
+        self.data.len() / (self.batch_size * self.world)
+    }
+    fn start_epoch(&mut self, epoch: usize, skip: usize) -> Result<()> {
+        use rand::seq::SliceRandom;
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        self.order = (0..self.data.len()).collect();
+        self.order.shuffle(&mut rng);
+        self.epoch = epoch;
+        self.next = skip;
+        Ok(())
+    }
+    fn next_batch(&mut self) -> Result<Option<crate::batch::Batch>> {
+        use rand::SeedableRng;
+        if self.next >= self.batches_per_epoch() {
+            return Ok(None);
+        }
+        let global = self.batch_size * self.world;
+        let start = self.next * global + self.rank * self.batch_size;
+        let idx = &self.order[start..start + self.batch_size];
+        let key = self.seed ^ ((self.epoch as u64) << 40) ^ ((self.next as u64) << 8) ^ self.rank as u64;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(key);
+        let (batch, issues) = self.collator.collate_items(&self.data, idx, self.policy, &mut rng, &self.device)?;
+        for i in issues {
+            tracing::warn!("{i}");
+        }
+        self.next += 1;
+        Ok(Some(batch))
+    }
+}
