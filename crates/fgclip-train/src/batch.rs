@@ -1,8 +1,24 @@
 //! One training batch in the layout of the official collators (`DataCollatorForSupervisedDataset`, spec §5.4):
 //! fixed 4 box slots per sample, valid counts, hard boxes packed to the front slots, hard texts as
 //! `[11·N_h, L]` (positive first, then 10 negatives).
+//!
+//! [`Collator`] builds it from records and decoded images exactly as the official per-sample
+//! `LazySupervisedBboxDataset.__getitem__` + `DataCollatorForSupervisedDataset.__call__` do (FG-CLIP: branch v1.0
+//! `fgclip/train/train_fgclip.py`; FG-CLIP 2: branch main `fgclip2/train/train_fgclip2.py`, NaFlex path), spec
+//! §5.2–§5.4, §10.3, §10.18, §10.19.
 
-use candle_core::Tensor;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use fgclip::config::{Family, ModelConfig};
+use fgclip::fgclip_image::{self, naflex, RgbImage};
+use fgclip::hub::ModelFiles;
+use fgclip::tokenize::{TextTokenizer, TokenizerOptions};
+use rand::RngCore;
+use rayon::prelude::*;
+
+use crate::data::{DataIssue, Dataset, Lang, Policy, Record};
+use crate::error::{Result, TrainError};
 
 /// Box slots per sample in the official layout.
 pub const BOX_SLOTS: usize = 4;
@@ -61,4 +77,352 @@ impl Batch {
 
 fn valid_slots(nums: &[usize]) -> Vec<usize> {
     nums.iter().enumerate().flat_map(|(i, &n)| (0..n.min(BOX_SLOTS)).map(move |k| i * BOX_SLOTS + k)).collect()
+}
+
+// ================================================================================================ collation
+
+/// The official `"a photo of "` prefix of English short captions.
+pub const SHORT_PREFIX: &str = "a photo of ";
+/// FG-CLIP 2: images with a side below this are squashed to `box_image_size`² first (§10.18).
+pub const MIN_IMAGE_SIDE: usize = 128;
+/// FG-CLIP 2: the official collator's stand-in for an image that cannot be processed (black, 384×384).
+pub const FAILED_IMAGE_SIDE: usize = 384;
+
+/// Sizes and constants of the official data pipeline for one model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollateConfig {
+    pub family: Family,
+    /// Long-caption length (FG-CLIP `max_seq_length` 248; FG-CLIP 2 196).
+    pub long_len: usize,
+    /// Short / box / hard caption length (FG-CLIP `base_seq_length` 77; FG-CLIP 2 64).
+    pub short_len: usize,
+    /// FG-CLIP: the squash size `base_image_size`.
+    pub image_size: usize,
+    /// FG-CLIP: the CLIP processor's `shortest_edge`/crop when it differs from `image_size` (then the squashed
+    /// image is resized + center-cropped again, as `CLIPImageProcessor` would); `None` = the same (no-op).
+    pub processor_size: Option<usize>,
+    /// FG-CLIP 2: `box_image_size` (512 in the stage-2 script).
+    pub box_image_size: usize,
+    /// FG-CLIP 2 NaFlex patch size (16).
+    pub patch_size: usize,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl CollateConfig {
+    /// The official settings for a model: FG-CLIP squashes to the vision tower's `image_size` and uses 77 / 248
+    /// tokens (4·77 − 3·20); FG-CLIP 2 uses the text config's 64 / 196, `box_image_size` 512 and patch 16.
+    pub fn for_model(cfg: &ModelConfig) -> Self {
+        match cfg {
+            ModelConfig::FgClip(c) => CollateConfig {
+                family: Family::FgClip,
+                long_len: 4 * c.text.max_position_embeddings - 3 * 20,
+                short_len: c.text.max_position_embeddings,
+                image_size: c.vision.image_size,
+                processor_size: None,
+                box_image_size: 0,
+                patch_size: c.vision.patch_size,
+                mean: fgclip_image::clip::OPENAI_MEAN,
+                std: fgclip_image::clip::OPENAI_STD,
+            },
+            ModelConfig::FgClip2(c) => CollateConfig {
+                family: Family::FgClip2,
+                long_len: c.text.longtext_len,
+                short_len: c.text.max_position_embeddings,
+                image_size: 0,
+                processor_size: None,
+                box_image_size: 512,
+                patch_size: c.vision.patch_size,
+                // `Siglip2ImageProcessor()` defaults, whatever the checkpoint's processor says.
+                mean: naflex::FGCLIP2_MEAN,
+                std: naflex::FGCLIP2_STD,
+            },
+        }
+    }
+}
+
+/// One sample to collate: its record and its decoded image (`Image.open(f).convert("RGB")`).
+#[derive(Debug, Clone)]
+pub struct Sample<'a> {
+    pub record: &'a Record,
+    pub image: RgbImage,
+}
+
+/// Turns records + images into [`Batch`]es like the official dataset + collator.
+#[derive(Debug, Clone)]
+pub struct Collator {
+    cfg: CollateConfig,
+    tokenizer: TextTokenizer,
+}
+
+impl Collator {
+    /// `tokenizer` must not lower-case by itself for FG-CLIP 2 (build it with `TokenizerOptions::default()`):
+    /// the collator applies the official lower-casing rules, which keep the hard positive as written.
+    pub fn new(tokenizer: TextTokenizer, cfg: CollateConfig) -> Result<Self> {
+        if cfg.family == Family::FgClip2 && tokenizer.lowercase() {
+            return Err(TrainError::Config(
+                "the FG-CLIP 2 collator needs a tokenizer without caller-side lower-casing (the hard positive is \
+                 not lower-cased in training); build it with TokenizerOptions::default()"
+                    .into(),
+            ));
+        }
+        let sizes_ok = match cfg.family {
+            Family::FgClip => cfg.image_size > 0 && cfg.processor_size != Some(0),
+            Family::FgClip2 => cfg.patch_size > 0 && cfg.box_image_size > 0,
+        };
+        if !sizes_ok || cfg.short_len == 0 || cfg.long_len == 0 {
+            return Err(TrainError::Config(format!("collator: zero size in {cfg:?}")));
+        }
+        Ok(Self { cfg, tokenizer })
+    }
+
+    /// From a checkpoint folder's files: its config, its tokenizer, and (FG-CLIP) the processor's mean / std /
+    /// size from `preprocessor_config.json`.
+    pub fn from_files(files: &ModelFiles) -> Result<Self> {
+        let model_cfg = ModelConfig::from_file(&files.config)?;
+        let mut cfg = CollateConfig::for_model(&model_cfg);
+        if cfg.family == Family::FgClip {
+            if let Some(p) = &files.preprocessor_config {
+                read_clip_processor(p, &mut cfg)?;
+            }
+        }
+        let tokenizer = TextTokenizer::from_files(files, TokenizerOptions::default())?;
+        Self::new(tokenizer, cfg)
+    }
+
+    pub fn config(&self) -> &CollateConfig {
+        &self.cfg
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// The stand-in for an image that cannot be loaded (black; FG-CLIP 2: 384×384 like the official collator).
+    pub fn failed_image(&self) -> RgbImage {
+        match self.cfg.family {
+            Family::FgClip => RgbImage::zeros(self.cfg.image_size, self.cfg.image_size),
+            Family::FgClip2 => RgbImage::zeros(FAILED_IMAGE_SIDE, FAILED_IMAGE_SIDE),
+        }
+    }
+
+    /// Collates decoded samples. `rng` makes the per-box choice between `short_expr` and `long_expr`
+    /// (the official `random.choice`), drawn sample by sample, box by box.
+    pub fn collate(&self, samples: &[Sample<'_>], rng: &mut dyn RngCore, device: &Device) -> Result<Batch> {
+        if samples.is_empty() {
+            return Err(TrainError::Config("cannot collate an empty batch".into()));
+        }
+        let v2 = self.cfg.family == Family::FgClip2;
+        let b = samples.len();
+        let lower = |s: &str| if v2 { s.to_lowercase() } else { s.to_string() };
+
+        let mut long = Vec::with_capacity(b);
+        let mut short = Vec::with_capacity(b);
+        let mut box_texts = Vec::with_capacity(BOX_SLOTS * b);
+        let mut box_infos = vec![[0f32; 4]; BOX_SLOTS * b];
+        let mut box_nums = Vec::with_capacity(b);
+        let mut hard_texts = Vec::new();
+        let mut hard_infos = vec![[0f32; 4]; BOX_SLOTS * b];
+        let mut hard_nums = Vec::with_capacity(b);
+        let mut all_cn = true;
+        for (i, s) in samples.iter().enumerate() {
+            let r = s.record;
+            // FG-CLIP's trainer knows no Chinese records; FG-CLIP 2 keys on the presence of `is_cn`.
+            let cn = v2 && r.lang() == Lang::Cn;
+            all_cn &= cn;
+            long.push(lower(&r.caption));
+            short.push(if cn { lower(&r.short_caption) } else { lower(&format!("{SHORT_PREFIX}{}", r.short_caption)) });
+            let boxes = if cn { &[][..] } else { &r.bbox_info[..r.bbox_info.len().min(BOX_SLOTS)] };
+            for k in 0..BOX_SLOTS {
+                match boxes.get(k) {
+                    Some(bx) => {
+                        let text = if rng.next_u32() >> 31 == 0 { &bx.short_expr } else { &bx.long_expr };
+                        box_texts.push(lower(text));
+                        box_infos[i * BOX_SLOTS + k] = coords(bx.bbox.as_slice())?;
+                    }
+                    None => box_texts.push(String::new()),
+                }
+            }
+            box_nums.push(boxes.len());
+            let mut nh = 0;
+            for bx in boxes.iter().filter(|bx| bx.flag_short_neg == 1) {
+                if bx.short_expr_negs.len() != HARD_CAPTIONS - 1 {
+                    return Err(TrainError::Config(format!(
+                        "record {:?}: hard box with {} negatives (expected {}); load records through data::load_items",
+                        r.f_path,
+                        bx.short_expr_negs.len(),
+                        HARD_CAPTIONS - 1
+                    )));
+                }
+                // The positive keeps its case (FG-CLIP 2 writes `box_caption` without `.lower()`).
+                hard_texts.push(bx.short_expr.clone());
+                hard_texts.extend(bx.short_expr_negs.values().map(lower));
+                hard_infos[i * BOX_SLOTS + nh] = coords(bx.bbox.as_slice())?;
+                nh += 1;
+            }
+            hard_nums.push(nh);
+        }
+
+        let pixels = self.pixels(samples, device)?;
+        let text_long = Some(self.ids(&long, self.cfg.long_len, device)?);
+        let text_short = self.ids(&short, self.cfg.short_len, device)?;
+        let box_texts = self.ids(&box_texts, self.cfg.short_len, device)?;
+        let hard_texts = self.ids(&hard_texts, self.cfg.short_len, device)?;
+        Ok(Batch {
+            pixels,
+            text_long,
+            text_short,
+            box_texts,
+            box_infos,
+            box_nums,
+            hard_texts,
+            hard_infos,
+            hard_nums,
+            is_cn: v2 && all_cn,
+        })
+    }
+
+    /// Loads the images of `indices` of `data` in parallel and collates them. An image that cannot be loaded is
+    /// an error under [`Policy::Reject`]; under [`Policy::Skip`] it becomes [`Collator::failed_image`] and a
+    /// [`DataIssue`] naming the file.
+    pub fn collate_items(
+        &self,
+        data: &Dataset,
+        indices: &[usize],
+        policy: Policy,
+        rng: &mut dyn RngCore,
+        device: &Device,
+    ) -> Result<(Batch, Vec<DataIssue>)> {
+        if let Some(&bad) = indices.iter().find(|&&i| i >= data.len()) {
+            return Err(TrainError::Config(format!("sample index {bad} out of range ({} records)", data.len())));
+        }
+        let loaded: Vec<std::result::Result<RgbImage, String>> = indices
+            .par_iter()
+            .map(|&i| fgclip_image::load_rgb(&data.image_path(i)).map_err(|e| e.to_string()))
+            .collect();
+        let mut issues = Vec::new();
+        let mut samples = Vec::with_capacity(indices.len());
+        for (&i, img) in indices.iter().zip(loaded) {
+            let item = &data.items[i];
+            let image = match img {
+                Ok(im) => im,
+                Err(msg) => {
+                    let issue = item.issue(format!("{msg} (replaced by a black image)"));
+                    if policy == Policy::Reject {
+                        return Err(item.issue(msg).to_error());
+                    }
+                    issues.push(issue);
+                    self.failed_image()
+                }
+            };
+            samples.push(Sample { record: &item.record, image });
+        }
+        Ok((self.collate(&samples, rng, device)?, issues))
+    }
+
+    /// Token ids `[n, len]` (u32) of `texts`; `[0, len]` for none.
+    fn ids(&self, texts: &[String], len: usize, device: &Device) -> Result<Tensor> {
+        if texts.is_empty() {
+            return Ok(Tensor::zeros((0, len), candle_core::DType::U32, device)?);
+        }
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let tb = self.tokenizer.encode(&refs, len)?;
+        Ok(Tensor::from_vec(tb.ids, (tb.n, tb.len), device)?)
+    }
+
+    fn pixels(&self, samples: &[Sample<'_>], device: &Device) -> Result<Pixels> {
+        let c = &self.cfg;
+        match c.family {
+            Family::FgClip => {
+                // `image.resize((S, S))` (PIL bicubic) then `CLIPImageProcessor` (a no-op resize / crop at S).
+                let s = c.image_size;
+                let out = c.processor_size.unwrap_or(s);
+                let per: Vec<Vec<f32>> = samples
+                    .par_iter()
+                    .map(|smp| {
+                        if out == s {
+                            fgclip_image::clip::preprocess(&smp.image, s, c.mean, c.std)
+                        } else {
+                            let sq = fgclip_image::resample::resize_bicubic(&smp.image, s, s);
+                            fgclip_image::clip::preprocess_processor_only(&sq, out, c.mean, c.std)
+                        }
+                    })
+                    .collect();
+                let flat: Vec<f32> = per.concat();
+                Ok(Pixels::Fixed(Tensor::from_vec(flat, (samples.len(), 3, out, out), device)?))
+            }
+            Family::FgClip2 => {
+                // __getitem__: a side < 128 px → squash to box_image_size² (PIL default bicubic); n_i from that size.
+                let imgs: Vec<std::borrow::Cow<RgbImage>> = samples
+                    .par_iter()
+                    .map(|smp| {
+                        let im = &smp.image;
+                        if im.width < MIN_IMAGE_SIDE || im.height < MIN_IMAGE_SIDE {
+                            let sz = c.box_image_size;
+                            std::borrow::Cow::Owned(fgclip_image::resample::resize_bicubic(im, sz, sz))
+                        } else {
+                            std::borrow::Cow::Borrowed(im)
+                        }
+                    })
+                    .collect();
+                // Collator: budget = bucket(max_i (w_i // 16) · (h_i // 16)), every image processed at it.
+                let sizes: Vec<(usize, usize)> = imgs.iter().map(|im| (im.height, im.width)).collect();
+                let budget = naflex::batch_max_patches(&sizes);
+                let per: Vec<naflex::NaflexImage> =
+                    imgs.par_iter().map(|im| naflex::preprocess(im, c.patch_size, budget, c.mean, c.std)).collect();
+                let nb = naflex::pad_batch(&per, budget);
+                let b = samples.len();
+                let pixel_values = Tensor::from_vec(nb.pixel_values, (b, budget, nb.patch_dim), device)?;
+                let valid: Vec<f32> = nb.pixel_attention_mask.iter().map(|&m| m as f32).collect();
+                let valid = Tensor::from_vec(valid, (b, budget), device)?;
+                let grids = per.iter().map(|im| (im.grid_h, im.grid_w)).collect();
+                Ok(Pixels::Naflex { pixel_values, valid, grids })
+            }
+        }
+    }
+}
+
+/// The first 4 values of a bbox (validated records always have them).
+fn coords(b: &[f32]) -> Result<[f32; 4]> {
+    match b {
+        [x1, y1, x2, y2, ..] => Ok([*x1, *y1, *x2, *y2]),
+        _ => Err(TrainError::Config(format!("bbox {b:?} has fewer than 4 values; load records through data::load_items"))),
+    }
+}
+
+/// `image_mean`, `image_std` and the processor size of a CLIP `preprocessor_config.json`.
+fn read_clip_processor(path: &Path, cfg: &mut CollateConfig) -> Result<()> {
+    let err = |msg: String| TrainError::File { path: path.to_path_buf(), msg };
+    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(format!("invalid JSON: {e}")))?;
+    let triple = |key: &str| -> Result<Option<[f32; 3]>> {
+        match v.get(key) {
+            None => Ok(None),
+            Some(a) => {
+                let xs: Vec<f32> = serde_json::from_value(a.clone()).map_err(|e| err(format!("`{key}`: {e}")))?;
+                match xs[..] {
+                    [a, b, c] => Ok(Some([a, b, c])),
+                    _ => Err(err(format!("`{key}` must have 3 values"))),
+                }
+            }
+        }
+    };
+    if let Some(m) = triple("image_mean")? {
+        cfg.mean = m;
+    }
+    if let Some(s) = triple("image_std")? {
+        cfg.std = s;
+    }
+    // `size.shortest_edge` / `crop_size`: when both equal the squash size, the processor's resize and crop are
+    // no-ops; otherwise they act on the squashed image.
+    let edge = v.pointer("/size/shortest_edge").and_then(|x| x.as_u64()).map(|x| x as usize);
+    let crop = v.pointer("/crop_size/height").and_then(|x| x.as_u64()).map(|x| x as usize);
+    match (edge, crop) {
+        (Some(e), Some(cr)) if e != cr => {
+            return Err(err(format!("shortest_edge {e} != crop size {cr} is not supported")));
+        }
+        (Some(e), _) | (None, Some(e)) if e != cfg.image_size => cfg.processor_size = Some(e),
+        _ => {}
+    }
+    Ok(())
 }
