@@ -10,6 +10,8 @@ mod cmd_features;
 mod cmd_heatmap;
 mod cmd_info;
 mod cmd_train;
+mod cmd_synth;
+mod cmd_eval;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +39,11 @@ enum Command {
     Bench(cmd_bench::Args),
     /// Train or fine-tune with the papers' objectives (FineHARD-layout data, TOML config; resumes by itself).
     Train(cmd_train::Args),
+    /// Render a synthetic fine-grained dataset (FineHARD layout + FG-OVD-style held-out file), no download.
+    Synth(cmd_synth::Args),
+    /// FG-OVD fine-grained top-1 accuracy of a model on an FG-OVD jsonl file (real benchmark or synthetic).
+    #[command(name = "eval-fgovd")]
+    EvalFgovd(cmd_eval::Args),
     /// Describe a checkpoint: family, sizes, embedding dimension, text lengths, patch budgets.
     Info(cmd_info::Args),
 }
@@ -58,6 +65,8 @@ fn main() {
         Command::Info(a) => cmd_info::run(a),
         Command::Bench(a) => cmd_bench::run(a),
         Command::Train(a) => cmd_train::run(a),
+        Command::Synth(a) => cmd_synth::run(a),
+        Command::EvalFgovd(a) => cmd_eval::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
