@@ -549,7 +549,14 @@ fn parse_record(slice: &str, line: usize, rep: &mut Reporter) -> Result<Option<R
             Ok(Some(r))
         }
         Err(first) => {
-            let mut obj = match serde_json::from_str::<serde_json::Value>(slice) {
+            // Python's json writes and reads NaN / Infinity (and reads 1e999 as inf); serde_json does not. Quote
+            // them so the record parses and the box that holds them is reported as non-finite.
+            let quoted = quote_nonfinite(slice);
+            let value = match &quoted {
+                Some(q) => serde_json::from_str::<serde_json::Value>(q),
+                None => serde_json::from_str::<serde_json::Value>(slice),
+            };
+            let mut obj = match value {
                 Ok(serde_json::Value::Object(m)) => m,
                 Ok(_) => {
                     rep.report(line, "record is not a JSON object".into(), "record dropped")?;
@@ -576,7 +583,12 @@ fn parse_record(slice: &str, line: usize, rep: &mut Reporter) -> Result<Option<R
             match boxes {
                 None | Some(serde_json::Value::Null) => {}
                 Some(serde_json::Value::Array(list)) => {
-                    for (k, b) in list.into_iter().enumerate() {
+                    for (k, mut b) in list.into_iter().enumerate() {
+                        if let Some(p) = nonfinite_bbox(&mut b) {
+                            bad_boxes += 1;
+                            rep.report(line, format!("bbox_info[{k}]: {p}"), "box dropped")?;
+                            continue;
+                        }
                         match serde_json::from_value::<BoxInfo>(b) {
                             Ok(b) => rec.bbox_info.push(b),
                             Err(e) => {
@@ -591,7 +603,7 @@ fn parse_record(slice: &str, line: usize, rep: &mut Reporter) -> Result<Option<R
                     return Ok(None);
                 }
             }
-            if bad_boxes == 0 {
+            if bad_boxes == 0 && quoted.is_none() {
                 // The typed parse failed for a reason the piecewise one does not see (e.g. a duplicate key).
                 rep.report(line, format!("invalid record: {}", json_err(&first, line)), "record dropped")?;
                 return Ok(None);
@@ -599,6 +611,73 @@ fn parse_record(slice: &str, line: usize, rep: &mut Reporter) -> Result<Option<R
             Ok(Some(rec))
         }
     }
+}
+
+/// `slice` with every non-finite number literal (`NaN`, `Infinity`, `-Infinity`, an overflowing `1e999`) outside
+/// strings turned into a JSON string; `None` when there is none.
+fn quote_nonfinite(slice: &str) -> Option<String> {
+    let b = slice.as_bytes();
+    let mut out = String::with_capacity(slice.len() + 16);
+    let (mut i, mut last, mut in_str, mut changed) = (0, 0, false, false);
+    while i < b.len() {
+        let c = b[i];
+        if in_str {
+            match c {
+                b'\\' => i += 1,
+                b'"' => in_str = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if c == b'"' {
+            in_str = true;
+            i += 1;
+            continue;
+        }
+        if c == b'-' || c == b'N' || c == b'I' || c.is_ascii_digit() {
+            let start = i;
+            let mut j = i + 1;
+            while j < b.len() && (b[j].is_ascii_alphanumeric() || matches!(b[j], b'.' | b'+' | b'-')) {
+                j += 1;
+            }
+            let tok = &slice[start..j];
+            let nonfinite = matches!(tok, "NaN" | "Infinity" | "-Infinity")
+                || (tok.bytes().any(|x| x.is_ascii_digit()) && tok.parse::<f64>().is_ok_and(|v| v.is_infinite()));
+            if nonfinite {
+                out.push_str(&slice[last..start]);
+                out.push('"');
+                out.push_str(tok);
+                out.push('"');
+                last = j;
+                changed = true;
+            }
+            i = j;
+            continue;
+        }
+        i += 1;
+    }
+    changed.then(|| {
+        out.push_str(&slice[last..]);
+        out
+    })
+}
+
+/// A box whose first 4 coordinates hold a quoted non-finite literal (see [`quote_nonfinite`]) is reported; one
+/// in the unused 5th value (the detector score) is replaced by 0.
+fn nonfinite_bbox(b: &mut serde_json::Value) -> Option<String> {
+    let coords = b.get_mut("bbox")?.as_array_mut()?;
+    let bad = |v: &serde_json::Value| v.as_str().is_some_and(|s| s.parse::<f64>().is_ok_and(|x| !x.is_finite()));
+    if let Some(k) = coords.iter().take(4).position(bad) {
+        let v = coords[k].as_str().unwrap_or_default().to_string();
+        return Some(format!("bbox has a non-finite value ({v} at index {k})"));
+    }
+    for v in coords.iter_mut().skip(4) {
+        if bad(v) {
+            *v = serde_json::Value::from(0.0);
+        }
+    }
+    None
 }
 
 /// Why a box cannot be used, if it cannot.
