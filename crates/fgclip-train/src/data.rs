@@ -788,9 +788,19 @@ impl Dataset {
         Ok(ds)
     }
 
-    /// A dataset from records in memory (synthetic data, tests); file `<memory>`, line = index + 1.
+    /// A dataset from records in memory (synthetic data, tests); file `<memory>`, line = index + 1. The records
+    /// are validated like loaded ones; the first bad one is an error.
     pub fn from_records(records: Vec<Record>, roots: ImageRoots) -> Result<Self> {
         let file: Arc<Path> = Arc::from(Path::new("<memory>"));
+        for (i, r) in records.iter().enumerate() {
+            let boxes = if r.lang() == Lang::En { &r.bbox_info[..] } else { &[] };
+            let problem = record_problem(r).or_else(|| {
+                boxes.iter().enumerate().find_map(|(k, b)| box_problem(b).map(|p| format!("bbox_info[{k}]: {p}")))
+            });
+            if let Some(msg) = problem {
+                return Err(TrainError::Data { file: file.to_path_buf(), line: i + 1, msg });
+            }
+        }
         let items =
             records.into_iter().enumerate().map(|(i, record)| Item { record, file: file.clone(), line: i + 1 }).collect();
         let ds = Dataset { items, roots, issues: Vec::new() };

@@ -80,8 +80,8 @@ fn derive_rng(parts: &[u64]) -> ChaCha8Rng {
     ChaCha8Rng::from_seed(seed)
 }
 
-const TAG_ORDER: u64 = 0x6F72_6465_72; // "order"
-const TAG_BOXES: u64 = 0x626F_7865_73; // "boxes"
+const TAG_ORDER: u64 = 0x006F_7264_6572; // "order"
+const TAG_BOXES: u64 = 0x0062_6F78_6573; // "boxes"
 
 /// The RNG of the box-caption choices of batch `step` of `epoch` on `rank` (ChaCha8, a portable stream).
 pub fn batch_rng(seed: u64, epoch: usize, step: usize, rank: usize) -> ChaCha8Rng {

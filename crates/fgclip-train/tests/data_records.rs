@@ -270,3 +270,16 @@ fn dataset_languages_and_image_checks() {
     assert_eq!("reject".parse::<Policy>().unwrap(), Policy::Reject);
     assert!("drop".parse::<Policy>().unwrap_err().to_string().contains("skip"));
 }
+
+#[test]
+fn in_memory_records_are_validated() {
+    let (mut records, _) = {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(dir.path(), "a.json", &format!("[{},{}]", rec("a.jpg", &[good_box("x")]), rec("b.jpg", &[])));
+        load_records(&f, Policy::Reject).unwrap()
+    };
+    assert!(Dataset::from_records(records.clone(), ImageRoots::new("/img")).is_ok());
+    records[0].bbox_info[0].bbox = vec![0.5, 0.5, 0.1, 0.9];
+    let err = Dataset::from_records(records, ImageRoots::new("/img")).unwrap_err().to_string();
+    assert_eq!(err, "<memory>:1: bbox_info[0]: bbox [0.5, 0.5, 0.1, 0.9] has x1 > x2 or y1 > y2");
+}
