@@ -13,6 +13,7 @@ pub mod loader;
 pub mod dist;
 pub mod config;
 pub mod error;
+pub mod init;
 pub mod objective;
 pub mod optim;
 pub mod run;
