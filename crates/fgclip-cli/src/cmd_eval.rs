@@ -68,7 +68,8 @@ pub fn run(a: Args) -> Result<()> {
         let v = serde_json::json!({
             "data": a.data.display().to_string(),
             "model": a.model.model,
-            "family": format!("{:?}", model.family()),
+            "family": model.family().name(),
+            "walk": if model.family() == fgclip::config::Family::FgClip2 { "box" } else { "short" },
             "lines": file.lines.len(),
             "accuracy": report.accuracy,
             "correct": report.correct,
@@ -78,7 +79,7 @@ pub fn run(a: Args) -> Result<()> {
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("{}: {} lines, model {} ({:?})", a.data.display(), file.lines.len(), a.model.model, model.family());
+        println!("{}: {} lines, model {} ({})", a.data.display(), file.lines.len(), a.model.model, model.family().name());
         println!("{:<28} {:>8} {:>8} {:>9}", "test_type", "correct", "total", "accuracy");
         for (t, s) in &report.by_type {
             println!("{:<28} {:>8} {:>8} {:>8.2}%", t, s.correct, s.total, 100.0 * s.accuracy);
