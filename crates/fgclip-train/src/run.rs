@@ -153,23 +153,8 @@ pub fn run(cfg: &TrainConfig, progress: bool) -> Result<RunSummary> {
     first.ok_or_else(|| TrainError::Dist("no ranks ran".into()))
 }
 
-/// This rank's batches: each epoch a seeded permutation of the dataset, cut into global batches of
-/// `world·batch_size` (the last incomplete one dropped), of which this rank takes its slice; every batch's random
-/// choices come from (seed, epoch, batch), so a resumed run collates the same batches.
-pub struct SimpleSource {
-    collator: crate::batch::Collator,
-    data: std::sync::Arc<Dataset>,
-    policy: Policy,
-    batch_size: usize,
-    rank: usize,
-    world: usize,
-    seed: u64,
-    device: Device,
-    order: Vec<usize>,
-    epoch: usize,
-    next: usize,
-}
-
+/// This rank's loader: the seeded, resumable, prefetching loader over the dataset with the official collator
+/// (FG-CLIP 2 with Chinese data: the bilingual sampler's monolingual global batches).
 pub fn source_for(
     cfg: &TrainConfig,
     files: &ModelFiles,
@@ -177,53 +162,18 @@ pub fn source_for(
     rank: usize,
     world: usize,
     dev: &Device,
-) -> Result<SimpleSource> {
-    let collator = crate::batch::Collator::from_files(files)?;
+) -> Result<crate::loader::Loader> {
+    let collator = std::sync::Arc::new(crate::batch::Collator::from_files(files)?);
     let policy = if cfg.data.on_bad == "reject" { Policy::Reject } else { Policy::Skip };
-    Ok(SimpleSource {
-        collator,
-        data,
-        policy,
+    let sampler = if cfg.data.cn_train.is_empty() { crate::loader::Sampler::Random } else { crate::loader::Sampler::Bilingual };
+    let lc = crate::loader::LoaderConfig {
         batch_size: cfg.train.batch_size,
+        world_size: world,
         rank,
-        world,
         seed: cfg.train.seed,
-        device: dev.clone(),
-        order: vec![],
-        epoch: 0,
-        next: 0,
-    })
-}
-
-impl trainer::BatchSource for SimpleSource {
-    fn batches_per_epoch(&self) -> usize {
-        self.data.len() / (self.batch_size * self.world)
-    }
-    fn start_epoch(&mut self, epoch: usize, skip: usize) -> Result<()> {
-        use rand::seq::SliceRandom;
-        use rand::SeedableRng;
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        self.order = (0..self.data.len()).collect();
-        self.order.shuffle(&mut rng);
-        self.epoch = epoch;
-        self.next = skip;
-        Ok(())
-    }
-    fn next_batch(&mut self) -> Result<Option<crate::batch::Batch>> {
-        use rand::SeedableRng;
-        if self.next >= self.batches_per_epoch() {
-            return Ok(None);
-        }
-        let global = self.batch_size * self.world;
-        let start = self.next * global + self.rank * self.batch_size;
-        let idx = &self.order[start..start + self.batch_size];
-        let key = self.seed ^ ((self.epoch as u64) << 40) ^ ((self.next as u64) << 8) ^ self.rank as u64;
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(key);
-        let (batch, issues) = self.collator.collate_items(&self.data, idx, self.policy, &mut rng, &self.device)?;
-        for i in issues {
-            tracing::warn!("{i}");
-        }
-        self.next += 1;
-        Ok(Some(batch))
-    }
+        sampler,
+        prefetch: cfg.data.prefetch,
+        policy,
+    };
+    crate::loader::Loader::new(data, collator, lc, dev.clone())
 }
