@@ -161,8 +161,8 @@ fn background(img: &image::RgbImage) -> [i32; 3] {
     let mut ch: [Vec<i32>; 3] = [vec![], vec![], vec![]];
     for x in 0..w {
         for y in [0, h - 1] {
-            for c in 0..3 {
-                ch[c].push(img.get_pixel(x, y)[c] as i32);
+            for (c, v) in ch.iter_mut().enumerate() {
+                v.push(img.get_pixel(x, y)[c] as i32);
             }
         }
     }
