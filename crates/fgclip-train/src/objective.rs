@@ -84,6 +84,20 @@ fn scalar(t: &Tensor) -> Result<f32> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?[0])
 }
 
+/// FG-CLIP short-walk ids without the padding columns after the last first-eos of the batch. Exact: the text
+/// tower is causal and pools at the first eos, so later columns never reach the pooled vector (the official
+/// code pads to 77; hard-negative captions are a few words, so this saves most of the text compute).
+fn trim_v1_short(ids: &Tensor) -> Result<Tensor> {
+    let (_, len) = ids.dims2()?;
+    let host: Vec<Vec<u32>> = ids.to_vec2()?;
+    let keep = host
+        .iter()
+        .map(|row| row.iter().position(|&t| t == fgclip::fgclip1::text::EOS_ID).map_or(len, |p| p + 1))
+        .max()
+        .unwrap_or(len);
+    Ok(if keep < len { ids.narrow(1, 0, keep)? } else { ids.clone() })
+}
+
 /// Rows `idx` of `t` (u32 ids or features).
 fn rows(t: &Tensor, idx: &[usize]) -> Result<Tensor> {
     let ids: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
@@ -176,7 +190,7 @@ fn forward_v1(
         (m.image_features(pixels)?, None)
     };
     let image = l2_normalize(&image)?;
-    let short = l2_normalize(&m.text_features(&batch.text_short, false)?)?;
+    let short = l2_normalize(&m.text_features(&trim_v1_short(&batch.text_short)?, false)?)?;
     let scale = m.logit_scale.exp()?;
     let clip = |i: &Tensor, t: &Tensor, q: usize, b: usize, s: &[Tensor]| -> Result<Tensor> {
         Ok(loss::clip_infonce(i, t, q, b, &s[0])?)
@@ -211,7 +225,7 @@ fn forward_v1(
             report.dropped_boxes += slots.len() - kept.len();
             if let Some(feats) = feats {
                 let text_rows: Vec<usize> = kept.iter().map(|&k| slots[k]).collect();
-                let texts = l2_normalize(&m.text_features(&rows(&batch.box_texts, &text_rows)?, false)?)?;
+                let texts = l2_normalize(&m.text_features(&trim_v1_short(&rows(&batch.box_texts, &text_rows)?)?, false)?)?;
                 let regions = l2_normalize(&feats)?;
                 let s = model.var("logit_scale_finegraind")?.as_tensor().exp()?;
                 let l = loss::pairwise_contrastive(&regions, &texts, &s)?;
@@ -226,7 +240,7 @@ fn forward_v1(
             report.dropped_boxes += slots.len() - kept.len();
             if let Some(feats) = feats {
                 let text_rows: Vec<usize> = kept.iter().flat_map(|&k| k * HARD_CAPTIONS..(k + 1) * HARD_CAPTIONS).collect();
-                let texts = l2_normalize(&m.text_features(&rows(&batch.hard_texts, &text_rows)?, false)?)?;
+                let texts = l2_normalize(&m.text_features(&trim_v1_short(&rows(&batch.hard_texts, &text_rows)?)?, false)?)?;
                 let regions = l2_normalize(&feats)?;
                 let s = model.var("logit_scale_hardneg")?.as_tensor().exp()?;
                 let l = loss::hard_pair(&regions, &texts, &s)?;

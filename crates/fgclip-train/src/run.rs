@@ -39,10 +39,34 @@ fn model_files(cfg: &TrainConfig) -> Result<(Option<ModelFiles>, ModelFiles)> {
         }
         (None, Some(_)) => {
             let tok = cfg.model.tokenizer.as_deref().ok_or_else(|| TrainError::Config("model.tokenizer is not set".into()))?;
-            Ok((None, hub::resolve(tok)?))
+            Ok((None, tokenizer_files(tok)?))
         }
         (None, None) => Err(TrainError::Config("model: set `init` or `config`".into())),
     }
+}
+
+/// A folder holding only tokenizer files (e.g. `fgclip synth`'s `tiny-model/`) or any checkpoint (local or hub).
+fn tokenizer_files(tok: &str) -> Result<ModelFiles> {
+    let dir = std::path::Path::new(tok);
+    if dir.is_dir() {
+        let f = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
+        let files = ModelFiles {
+            root: dir.to_path_buf(),
+            config: dir.join(hub::CONFIG_FILE),
+            weights: vec![],
+            tokenizer_json: f(hub::TOKENIZER_JSON),
+            tokenizer_config: f(hub::TOKENIZER_CONFIG),
+            vocab_json: f(hub::VOCAB_JSON),
+            merges_txt: f(hub::MERGES_TXT),
+            preprocessor_config: f(hub::PREPROCESSOR_CONFIG),
+            special_tokens_map: f(hub::SPECIAL_TOKENS_MAP),
+        };
+        if files.tokenizer_json.is_none() && files.vocab_json.is_none() {
+            return Err(TrainError::File { path: dir.into(), msg: "no tokenizer.json or vocab.json + merges.txt here".into() });
+        }
+        return Ok(files);
+    }
+    Ok(hub::resolve(tok)?)
 }
 
 /// Builds this rank's model: the official checkpoint, or a fresh one seeded by `train.seed` (every rank gets
