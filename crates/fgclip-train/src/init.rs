@@ -330,18 +330,7 @@ pub fn convert_backbone(src: &Path, dst: &Path) -> Result<Family> {
         .map_err(|e| TrainError::File { path: cfg_path.clone(), msg: format!("cannot serialise: {e}") })?;
     std::fs::write(&cfg_path, pretty + "\n")?;
 
-    let mut copies: Vec<PathBuf> = [
-        &files.tokenizer_json,
-        &files.tokenizer_config,
-        &files.vocab_json,
-        &files.merges_txt,
-        &files.special_tokens_map,
-        &files.preprocessor_config,
-    ]
-    .into_iter()
-    .flatten()
-    .cloned()
-    .collect();
+    let mut copies: Vec<PathBuf> = files.side_files();
     copies.extend(EXTRA_FILES.iter().map(|f| src.join(f)).filter(|p| p.is_file()));
     for f in copies {
         if let Some(name) = f.file_name() {

@@ -2,7 +2,6 @@
 //! (FineHARD files, the official collator, the resumable loader) → the loop, on one process or on ranks
 //! simulated by threads. The CLI only parses arguments and prints the summary.
 
-use std::path::PathBuf;
 
 use candle_core::Device;
 use fgclip::hub::{self, ModelFiles};
@@ -76,11 +75,7 @@ pub fn build_model(cfg: &TrainConfig, dev: &Device) -> Result<Trainable> {
     match (init, &cfg.model.config) {
         (Some(files), _) => Trainable::from_files(&files, dev),
         (None, Some(config)) => {
-            let tok_files: Vec<PathBuf> = [&tok.tokenizer_json, &tok.tokenizer_config, &tok.vocab_json, &tok.merges_txt, &tok.special_tokens_map, &tok.preprocessor_config]
-                .into_iter()
-                .flatten()
-                .cloned()
-                .collect();
+            let tok_files = tok.side_files();
             Trainable::from_scratch(config, tok_files, cfg.train.seed, dev)
         }
         _ => Err(TrainError::Config("model: set `init` or `config`".into())),

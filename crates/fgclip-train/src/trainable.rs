@@ -50,18 +50,7 @@ impl Trainable {
         let config_json = std::fs::read_to_string(&files.config)?;
         let varmap = VarMap::new();
         load_into_varmap(&files.weights, &varmap, DType::F32, device)?;
-        let tokenizer_files = [
-            &files.tokenizer_json,
-            &files.tokenizer_config,
-            &files.vocab_json,
-            &files.merges_txt,
-            &files.special_tokens_map,
-            &files.preprocessor_config,
-        ]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect();
+        let tokenizer_files = files.side_files();
         Self::build(varmap, config, config_json, tokenizer_files, device)
     }
 

@@ -49,6 +49,22 @@ pub struct ModelFiles {
 }
 
 impl ModelFiles {
+    /// The tokenizer and processor files present beside the weights (what a saved copy of the model carries).
+    pub fn side_files(&self) -> Vec<PathBuf> {
+        [
+            &self.tokenizer_json,
+            &self.tokenizer_config,
+            &self.vocab_json,
+            &self.merges_txt,
+            &self.special_tokens_map,
+            &self.preprocessor_config,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
+    }
+
     /// The files of a local checkpoint folder (what `save_pretrained` writes).
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
