@@ -77,7 +77,7 @@ pub struct StepLoss {
 }
 
 fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    Ok(x.broadcast_div(&x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)?)
+    Ok(fgclip::nn::l2_normalize(x)?)
 }
 
 fn scalar(t: &Tensor) -> Result<f32> {
