@@ -14,7 +14,7 @@
 //!   captions TIC raises and every remaining fine-grained term of the step is skipped. By default we skip only
 //!   TIC; `official_skip` reproduces the all-or-nothing behaviour.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 use fgclip::loss;
 use fgclip::nn::roi_align::{box_weights, GridBox};
 use fgclip::TextWalk;

@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Device;
 use common::*;
 use fgclip::hub::ModelFiles;
 use fgclip_train::batch::{Batch, Pixels, BOX_SLOTS, HARD_CAPTIONS};
@@ -19,28 +19,7 @@ use fgclip_train::dist::{Collective, SingleProcess, ThreadGroup};
 use fgclip_train::objective::{forward, ObjectiveConfig};
 use fgclip_train::trainable::Trainable;
 
-fn nums(t: &Tensor) -> Vec<usize> {
-    t.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap().into_iter().map(|x| x as usize).collect()
-}
-fn boxes(t: &Tensor) -> Vec<[f32; 4]> {
-    t.to_vec2::<f32>().unwrap().into_iter().map(|r| [r[0], r[1], r[2], r[3]]).collect()
-}
 
-fn full_batch(fx: &HashMap<String, Tensor>, pixels: Pixels) -> Batch {
-    let ids = |k: &str| fx[k].to_dtype(DType::U32).unwrap();
-    Batch {
-        pixels,
-        text_long: Some(ids("batch.text_long")),
-        text_short: ids("batch.text_short"),
-        box_texts: ids("batch.box_texts"),
-        box_infos: boxes(&fx["batch.box_infos"]),
-        box_nums: nums(&fx["batch.box_nums"]),
-        hard_texts: ids("batch.hard_texts"),
-        hard_infos: boxes(&fx["batch.hard_infos"]),
-        hard_nums: nums(&fx["batch.hard_nums"]),
-        is_cn: false,
-    }
-}
 
 /// Samples `lo..hi` of a batch (what rank r of a data-parallel run receives).
 fn shard(b: &Batch, lo: usize, hi: usize) -> Batch {
@@ -85,11 +64,11 @@ fn grads(model: &Trainable, batch: &Batch, cfg: &ObjectiveConfig, coll: &dyn Col
     (map, out.report.total, out.report.threshold_next)
 }
 
-fn check(dir: &str, fixture: &str, pixels: impl Fn(&HashMap<String, Tensor>) -> Pixels) {
+fn check(dir: &str, fixture: &str) {
     let Some(fx_dir) = fixtures_dir() else { return };
     let fx = load_tensors(&fx_dir.join(fixture));
     let files = ModelFiles::from_dir(fx_dir.join(dir)).unwrap();
-    let batch = full_batch(&fx, pixels(&fx));
+    let batch = fixture_batch(&fx);
     let world = batch.len();
     let cfg = ObjectiveConfig::global_only();
 
@@ -134,26 +113,12 @@ fn check(dir: &str, fixture: &str, pixels: impl Fn(&HashMap<String, Tensor>) -> 
 
 #[test]
 fn simulated_ranks_give_the_whole_batch_gradients_fgclip1() {
-    check("fgclip_v1/model", "losses/v1_forward.safetensors", |fx| Pixels::Fixed(fx["batch.image"].clone()));
+    check("fgclip_v1/model", "losses/v1_forward.safetensors");
 }
 
 #[test]
 fn simulated_ranks_give_the_whole_batch_gradients_fgclip2() {
-    check("fgclip2/model", "losses/v2_forward.safetensors", |fx| {
-        let grids = fx["batch.spatial_shapes"]
-            .to_dtype(DType::F32)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap()
-            .into_iter()
-            .map(|r| (r[0] as usize, r[1] as usize))
-            .collect();
-        Pixels::Naflex {
-            pixel_values: fx["batch.pixel_values"].clone(),
-            valid: fx["batch.pixel_attention_mask"].to_dtype(DType::F32).unwrap(),
-            grids,
-        }
-    });
+    check("fgclip2/model", "losses/v2_forward.safetensors");
 }
 
 #[test]
@@ -161,20 +126,7 @@ fn threshold_is_averaged_over_ranks() {
     let Some(fx_dir) = fixtures_dir() else { return };
     let fx = load_tensors(&fx_dir.join("losses/v2_forward.safetensors"));
     let files = ModelFiles::from_dir(fx_dir.join("fgclip2/model")).unwrap();
-    let grids: Vec<(usize, usize)> = fx["batch.spatial_shapes"]
-        .to_dtype(DType::F32)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap()
-        .into_iter()
-        .map(|r| (r[0] as usize, r[1] as usize))
-        .collect();
-    let pixels = Pixels::Naflex {
-        pixel_values: fx["batch.pixel_values"].clone(),
-        valid: fx["batch.pixel_attention_mask"].to_dtype(DType::F32).unwrap(),
-        grids,
-    };
-    let batch = full_batch(&fx, pixels);
+    let batch = fixture_batch(&fx);
     // Three ranks of one sample each (ranks must have equal batches); each computes its own θ_new (a rank
     // without hard boxes keeps the incoming θ), the next θ is their clamped mean.
     let group = ThreadGroup::new(3);

@@ -8,12 +8,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use fgclip::hub::ModelFiles;
-use fgclip_train::batch::{Batch, Pixels};
+use fgclip_train::batch::Batch;
 use fgclip_train::dist::SingleProcess;
 use fgclip_train::objective::{forward, LossReport, ObjectiveConfig};
 use fgclip_train::trainable::Trainable;
@@ -28,32 +27,9 @@ fn close(what: &str, got: f32, want: f32) {
     eprintln!("{what}: |Δ| = {:.2e}", (got - want).abs());
 }
 
-fn ids(t: &Tensor) -> Tensor {
-    t.to_dtype(DType::U32).unwrap()
-}
 
-fn boxes(t: &Tensor) -> Vec<[f32; 4]> {
-    t.to_vec2::<f32>().unwrap().into_iter().map(|r| [r[0], r[1], r[2], r[3]]).collect()
-}
 
-fn nums(t: &Tensor) -> Vec<usize> {
-    t.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap().into_iter().map(|x| x as usize).collect()
-}
 
-fn batch_from(fx: &HashMap<String, Tensor>, pixels: Pixels) -> Batch {
-    Batch {
-        pixels,
-        text_long: Some(ids(&fx["batch.text_long"])),
-        text_short: ids(&fx["batch.text_short"]),
-        box_texts: ids(&fx["batch.box_texts"]),
-        box_infos: boxes(&fx["batch.box_infos"]),
-        box_nums: nums(&fx["batch.box_nums"]),
-        hard_texts: ids(&fx["batch.hard_texts"]),
-        hard_infos: boxes(&fx["batch.hard_infos"]),
-        hard_nums: nums(&fx["batch.hard_nums"]),
-        is_cn: false,
-    }
-}
 
 fn run(model: &Trainable, batch: &Batch, cfg: ObjectiveConfig, threshold: f32) -> LossReport {
     forward(model, batch, &cfg, threshold, &SingleProcess).unwrap().report
@@ -74,7 +50,7 @@ fn fgclip1_training_forward_matches_official() {
     for p in ["logit_scale", "logit_scale_finegraind", "logit_scale_hardneg"] {
         close(&format!("param {p}"), scalar(model.var(p).unwrap().as_tensor()), scalar(&fx[&format!("fwd.param.{p}")]));
     }
-    let batch = batch_from(&fx, Pixels::Fixed(fx["batch.image"].clone()));
+    let batch = fixture_batch(&fx);
 
     let r = run(&model, &batch, ObjectiveConfig::full(), 0.0);
     close("total", r.total, scalar(&fx["fwd.loss"]));
@@ -107,20 +83,7 @@ fn fgclip2_training_forward_matches_official() {
     for p in ["logit_scale", "logit_bias", "logit_scale_finegraind", "logit_scale_hardneg"] {
         close(&format!("param {p}"), scalar(model.var(p).unwrap().as_tensor()), scalar(&fx[&format!("fwd.param.{p}")]));
     }
-    let grids: Vec<(usize, usize)> = fx["batch.spatial_shapes"]
-        .to_dtype(DType::F32)
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap()
-        .into_iter()
-        .map(|r| (r[0] as usize, r[1] as usize))
-        .collect();
-    let pixels = Pixels::Naflex {
-        pixel_values: fx["batch.pixel_values"].clone(),
-        valid: fx["batch.pixel_attention_mask"].to_dtype(DType::F32).unwrap(),
-        grids,
-    };
-    let batch = batch_from(&fx, pixels);
+    let batch = fixture_batch(&fx);
 
     let r = run(&model, &batch, ObjectiveConfig::full(), 0.0);
     close("total", r.total, scalar(&fx["fwd.loss"]));

@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use common::*;
 use fgclip::hub::ModelFiles;
 use fgclip::{LoadOptions, Model};
@@ -62,23 +61,6 @@ impl BatchSource for FixtureSource {
     }
 }
 
-fn fixture_batch(fx: &HashMap<String, Tensor>) -> Batch {
-    let ids = |k: &str| fx[k].to_dtype(DType::U32).unwrap();
-    let nums = |k: &str| fx[k].to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap().into_iter().map(|x| x as usize).collect();
-    let boxes = |k: &str| fx[k].to_vec2::<f32>().unwrap().into_iter().map(|r| [r[0], r[1], r[2], r[3]]).collect();
-    Batch {
-        pixels: Pixels::Fixed(fx["batch.image"].clone()),
-        text_long: Some(ids("batch.text_long")),
-        text_short: ids("batch.text_short"),
-        box_texts: ids("batch.box_texts"),
-        box_infos: boxes("batch.box_infos"),
-        box_nums: nums("batch.box_nums"),
-        hard_texts: ids("batch.hard_texts"),
-        hard_infos: boxes("batch.hard_infos"),
-        hard_nums: nums("batch.hard_nums"),
-        is_cn: false,
-    }
-}
 
 fn loop_cfg(out: &Path, epochs: usize, save_every: usize) -> LoopConfig {
     LoopConfig {

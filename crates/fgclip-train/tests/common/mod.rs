@@ -1,51 +1,66 @@
-//! Shared helpers for integration tests: locating the parity fixtures (`/work/shared/fixtures` layout, see its
-//! README). Tests skip (print a message and return) when the fixtures are absent; they never fail for that.
+//! Shared helpers of the training tests: the inference tests' fixture helpers (one file, included from
+//! `crates/fgclip/tests/common`) plus the official collated batch that `losses/v*_forward.safetensors` carry.
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-
-/// The fixtures folder: `$FGCLIP_FIXTURES` if set, else `../shared/fixtures` relative to the workspace root.
-/// `None` (with a message on stderr) when it does not exist.
-pub fn fixtures_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("FGCLIP_FIXTURES") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"),
-    };
-    if dir.is_dir() {
-        Some(dir.canonicalize().unwrap_or(dir))
-    } else {
-        eprintln!("SKIP: fixtures folder {} not found (set FGCLIP_FIXTURES)", dir.display());
-        None
-    }
-}
+#[path = "../../../fgclip/tests/common/mod.rs"]
+mod base;
+pub use base::*;
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
+use fgclip_train::batch::{Batch, Pixels};
 
-/// Every tensor of a fixture safetensors file, on the CPU.
-pub fn load_tensors(path: &std::path::Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+fn nums(t: &Tensor) -> Vec<usize> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as usize)
+        .collect()
 }
 
-/// Max |a − b| over all elements (shapes must match).
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    let a = a.to_dtype(DType::F32).unwrap();
-    let b = b.to_dtype(DType::F32).unwrap();
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+fn boxes(t: &Tensor) -> Vec<[f32; 4]> {
+    t.to_vec2::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(|r| [r[0], r[1], r[2], r[3]])
+        .collect()
 }
 
-/// Asserts `max |got − want| ≤ tol` and no NaN, printing the measured error.
-#[track_caller]
-pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
-    let d = max_abs_diff(got, want);
-    eprintln!("{what}: max abs diff {d:.3e} (tol {tol:.0e})");
-    assert!(d.is_finite() && d <= tol, "{what}: max abs diff {d} > {tol}");
-}
-
-/// L2-normalise rows (last dim), as the official `x / x.norm(dim=-1, keepdim=True)`.
-pub fn l2n(x: &Tensor) -> Tensor {
-    fgclip::nn::l2_normalize(x).unwrap()
+/// The fixture's `batch.*` tensors as our `Batch`: fixed-size pixels (FG-CLIP) or NaFlex patches with their
+/// valid mask and grids (FG-CLIP 2, present when the fixture has `batch.pixel_values`).
+pub fn fixture_batch(fx: &HashMap<String, Tensor>) -> Batch {
+    let ids = |k: &str| fx[k].to_dtype(DType::U32).unwrap();
+    let pixels = match fx.get("batch.pixel_values") {
+        Some(pixel_values) => Pixels::Naflex {
+            pixel_values: pixel_values.clone(),
+            valid: fx["batch.pixel_attention_mask"]
+                .to_dtype(DType::F32)
+                .unwrap(),
+            grids: fx["batch.spatial_shapes"]
+                .to_dtype(DType::F32)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()
+                .into_iter()
+                .map(|r| (r[0] as usize, r[1] as usize))
+                .collect(),
+        },
+        None => Pixels::Fixed(fx["batch.image"].clone()),
+    };
+    Batch {
+        pixels,
+        text_long: Some(ids("batch.text_long")),
+        text_short: ids("batch.text_short"),
+        box_texts: ids("batch.box_texts"),
+        box_infos: boxes(&fx["batch.box_infos"]),
+        box_nums: nums(&fx["batch.box_nums"]),
+        hard_texts: ids("batch.hard_texts"),
+        hard_infos: boxes(&fx["batch.hard_infos"]),
+        hard_nums: nums(&fx["batch.hard_nums"]),
+        is_cn: false,
+    }
 }
