@@ -64,6 +64,23 @@ fn grads(model: &Trainable, batch: &Batch, cfg: &ObjectiveConfig, coll: &dyn Col
     (map, out.report.total, out.report.threshold_next)
 }
 
+/// Runs `f` on one thread per sample of `batch`, each a rank of a `ThreadGroup` with its own model copy and
+/// its one-sample shard; returns the ranks' results in rank order.
+fn on_ranks<T: Send>(files: &ModelFiles, batch: &Batch, f: impl Fn(Trainable, Batch, ThreadGroup) -> T + Sync) -> Vec<T> {
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ThreadGroup::new(batch.len())
+            .into_iter()
+            .enumerate()
+            .map(|(r, coll)| {
+                let part = shard(batch, r, r + 1);
+                s.spawn(move || f(Trainable::from_files(files, &Device::Cpu).unwrap(), part, coll))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
 fn check(dir: &str, fixture: &str) {
     let Some(fx_dir) = fixtures_dir() else { return };
     let fx = load_tensors(&fx_dir.join(fixture));
@@ -75,22 +92,7 @@ fn check(dir: &str, fixture: &str) {
     let single = Trainable::from_files(&files, &Device::Cpu).unwrap();
     let (want, want_loss, _) = grads(&single, &batch, &cfg, &SingleProcess);
 
-    let group = ThreadGroup::new(world);
-    let results: Vec<_> = std::thread::scope(|s| {
-        let handles: Vec<_> = group
-            .into_iter()
-            .enumerate()
-            .map(|(r, coll)| {
-                let files = files.clone();
-                let part = shard(&batch, r, r + 1);
-                s.spawn(move || {
-                    let model = Trainable::from_files(&files, &Device::Cpu).unwrap();
-                    grads(&model, &part, &cfg, &coll)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let results = on_ranks(&files, &batch, |model, part, coll| grads(&model, &part, &cfg, &coll));
 
     // Each rank's reported loss is its own official term; their mean is the whole-batch loss.
     let mean_loss = results.iter().map(|r| r.1).sum::<f32>() / world as f32;
@@ -129,26 +131,13 @@ fn threshold_is_averaged_over_ranks() {
     let batch = fixture_batch(&fx);
     // Three ranks of one sample each (ranks must have equal batches); each computes its own θ_new (a rank
     // without hard boxes keeps the incoming θ), the next θ is their clamped mean.
-    let group = ThreadGroup::new(3);
     let cfg = ObjectiveConfig::full();
-    let out: Vec<(Option<f32>, Option<f32>)> = std::thread::scope(|s| {
-        let hs: Vec<_> = group
-            .into_iter()
-            .enumerate()
-            .map(|(r, coll)| {
-                let files = files.clone();
-                let part = shard(&batch, r, r + 1);
-                s.spawn(move || {
-                    let model = Trainable::from_files(&files, &Device::Cpu).unwrap();
-                    let own = forward(&model, &part, &cfg, 0.0, &SingleProcess).unwrap().report.threshold_rank;
-                    let synced = forward(&model, &part, &cfg, 0.0, &coll).unwrap().report.threshold_next;
-                    (own, synced)
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    let out = on_ranks(&files, &batch, |model, part, coll| {
+        let own = forward(&model, &part, &cfg, 0.0, &SingleProcess).unwrap().report.threshold_rank;
+        let synced = forward(&model, &part, &cfg, 0.0, &coll).unwrap().report.threshold_next;
+        (own, synced)
     });
-    let mean = (out.iter().map(|o| o.0.unwrap()).sum::<f32>() / 3.0).clamp(0.0, 10.0);
+    let mean = (out.iter().map(|o| o.0.unwrap()).sum::<f32>() / out.len() as f32).clamp(0.0, 10.0);
     assert!(mean > 0.0, "degenerate case: every rank's θ clamps to 0 ({out:?})");
     for (r, o) in out.iter().enumerate() {
         let got = o.1.unwrap();
