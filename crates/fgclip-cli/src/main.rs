@@ -12,6 +12,7 @@ mod cmd_info;
 mod cmd_train;
 mod cmd_synth;
 mod cmd_eval;
+mod cmd_convert;
 
 use clap::{Parser, Subcommand};
 
@@ -44,6 +45,9 @@ enum Command {
     /// FG-OVD fine-grained top-1 accuracy of a model on an FG-OVD jsonl file (real benchmark or synthetic).
     #[command(name = "eval-fgovd")]
     EvalFgovd(cmd_eval::Args),
+    /// Turn a CLIP / SigLIP 2 model into an FG-CLIP / FG-CLIP 2 checkpoint (the official stage-2 initialisation).
+    #[command(name = "convert-backbone")]
+    ConvertBackbone(cmd_convert::Args),
     /// Describe a checkpoint: family, sizes, embedding dimension, text lengths, patch budgets.
     Info(cmd_info::Args),
 }
@@ -67,6 +71,7 @@ fn main() {
         Command::Train(a) => cmd_train::run(a),
         Command::Synth(a) => cmd_synth::run(a),
         Command::EvalFgovd(a) => cmd_eval::run(a),
+        Command::ConvertBackbone(a) => cmd_convert::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

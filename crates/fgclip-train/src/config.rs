@@ -48,6 +48,12 @@ pub struct ModelSection {
     pub config: Option<PathBuf>,
     /// Checkpoint folder or hub id whose tokenizer to use when training from scratch.
     pub tokenizer: Option<String>,
+    /// A CLIP (`openai/clip-vit-base-patch16`) or SigLIP 2 NaFlex (`google/siglip2-base-patch16-naflex`) model,
+    /// folder or hub id, to start from as the official trainers do with `--from_openai` / `--from_siglip2`:
+    /// converted once into `<output.dir>/backbone-init/` (long positions stretched, heads copied), then used
+    /// as `init`. Exclusive with `init` and `config`.
+    #[serde(default)]
+    pub backbone: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -197,9 +203,16 @@ impl TrainConfig {
 
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(TrainError::Config(m));
+        let m = &self.model;
+        let sources = [m.init.is_some(), m.config.is_some(), m.backbone.is_some()].iter().filter(|x| **x).count();
+        if sources > 1 {
+            return bad("model: `init`, `config` and `backbone` are exclusive (set one)".into());
+        }
         match (&self.model.init, &self.model.config) {
-            (None, None) => return bad("model: set `init` (a checkpoint) or `config` (train from scratch)".into()),
-            (Some(_), Some(_)) => return bad("model: `init` and `config` are exclusive".into()),
+            (None, None) if m.backbone.is_some() => {}
+            (None, None) => {
+                return bad("model: set `init` (a checkpoint), `backbone` (CLIP / SigLIP 2) or `config` (train from scratch)".into())
+            }
             (None, Some(_)) if self.model.tokenizer.is_none() => {
                 return bad("model: training from `config` needs `tokenizer` (a checkpoint folder with tokenizer files)".into())
             }

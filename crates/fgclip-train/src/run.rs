@@ -147,9 +147,11 @@ fn loop_config(cfg: &TrainConfig, family: fgclip::config::Family, progress: bool
 pub fn run(cfg: &TrainConfig, progress: bool) -> Result<RunSummary> {
     let dev = device(&cfg.train.device)?;
     let dataset = std::sync::Arc::new(load_dataset(cfg)?);
-    let files = collator_files(cfg)?;
     std::fs::create_dir_all(&cfg.output.dir)?;
     std::fs::write(cfg.output.dir.join("train_config.toml"), cfg.to_toml()?)?;
+    let from_backbone = with_backbone_converted(cfg)?;
+    let cfg = from_backbone.as_ref().unwrap_or(cfg);
+    let files = collator_files(cfg)?;
     let world = cfg.train.simulate_ranks;
     let one = |coll: &dyn Collective| -> Result<RunSummary> {
         let model = build_model(cfg, &dev)?;
@@ -170,6 +172,35 @@ pub fn run(cfg: &TrainConfig, progress: bool) -> Result<RunSummary> {
         first.get_or_insert(r);
     }
     first.ok_or_else(|| TrainError::Dist("no ranks ran".into()))
+}
+
+/// Name of the folder under `output.dir` that holds the converted `model.backbone`.
+pub const BACKBONE_INIT_DIR: &str = "backbone-init";
+
+/// With `model.backbone` set: converts the CLIP / SigLIP 2 backbone into `<output.dir>/backbone-init/`
+/// ([`crate::init::convert_backbone`]; once — a later start or resume reuses the folder, the conversion being
+/// deterministic) and returns the configuration with `init` pointing there. `None` without a backbone.
+pub fn with_backbone_converted(cfg: &TrainConfig) -> Result<Option<TrainConfig>> {
+    let Some(backbone) = &cfg.model.backbone else { return Ok(None) };
+    let dst = cfg.output.dir.join(BACKBONE_INIT_DIR);
+    if !(dst.join(hub::CONFIG_FILE).is_file() && dst.join(hub::WEIGHTS_FILE).is_file()) {
+        let src = hub::resolve(backbone)?.root;
+        // Written beside and renamed, so a killed conversion never looks finished.
+        let tmp = cfg.output.dir.join(format!("{BACKBONE_INIT_DIR}.tmp"));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        let family = crate::init::convert_backbone(&src, &tmp)?;
+        if dst.exists() {
+            std::fs::remove_dir_all(&dst)?;
+        }
+        std::fs::rename(&tmp, &dst)?;
+        tracing::info!("converted {backbone} into {} ({})", dst.display(), family.name());
+    }
+    let mut out = cfg.clone();
+    out.model.init = Some(dst.to_string_lossy().into_owned());
+    out.model.backbone = None;
+    Ok(Some(out))
 }
 
 /// This rank's loader: the seeded, resumable, prefetching loader over the dataset with the official collator

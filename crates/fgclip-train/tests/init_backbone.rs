@@ -378,3 +378,56 @@ fn stretch_edges_and_errors() {
         assert!(e.contains("already an FG-CLIP checkpoint"), "{e}");
     }
 }
+
+/// `model.backbone` in a training config: converted once into `<output.dir>/backbone-init/` and trained from;
+/// a second start reuses the conversion instead of redoing it.
+#[test]
+fn training_starts_from_a_backbone() {
+    let Some(fx) = common::fixtures_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("clip");
+    std::fs::create_dir_all(&src).unwrap();
+    let source = fake_clip(&fx.join("fgclip_v1/model"), &src);
+    let data = tmp.path().join("data");
+    let synth = fgclip_train::synth::SynthConfig { train: 8, test: 0, size: 64, ..Default::default() };
+    fgclip_train::synth::generate(&synth, &data, &|_| {}).unwrap();
+    let out = tmp.path().join("run");
+    let q = |p: &Path| format!("\"{}\"", p.display());
+    let sets = [
+        format!("model.backbone={}", q(&src)),
+        format!("data.train=[{}]", q(&data.join("train.json"))),
+        format!("data.image_root={}", q(&data.join("images"))),
+        "train.batch_size=4".into(),
+        "train.epochs=1".into(),
+        "train.lr=1e-4".into(),
+        format!("output.dir={}", q(&out)),
+    ];
+    let cfg = fgclip_train::config::TrainConfig::load(None, &sets).unwrap();
+    let summary = fgclip_train::run::run(&cfg, false).unwrap();
+    assert_eq!(summary.steps, 2);
+
+    let init = out.join(fgclip_train::run::BACKBONE_INIT_DIR);
+    let converted = common::load_tensors(&init.join("model.safetensors"));
+    assert_bit_equal("text_filip_projection", &converted["text_filip_projection.weight"], &source["text_projection.weight"]);
+    // Training moved the weights away from the conversion.
+    let trained = common::load_tensors(&summary.final_dir.join("model.safetensors"));
+    let moved = (trained["text_filip_projection.weight"].clone() - &converted["text_filip_projection.weight"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(moved > 0.0, "the long-text projection did not train");
+
+    // A second start (here: a finished run, so it only resumes) reuses the converted folder.
+    let stamp = std::fs::metadata(init.join("model.safetensors")).unwrap().modified().unwrap();
+    fgclip_train::run::run(&cfg, false).unwrap();
+    assert_eq!(std::fs::metadata(init.join("model.safetensors")).unwrap().modified().unwrap(), stamp, "converted again");
+
+    // Exclusive with `init` and `config`.
+    let both = [sets.to_vec(), vec![format!("model.init={}", q(&src))]].concat();
+    let err = fgclip_train::config::TrainConfig::load(None, &both).unwrap_err().to_string();
+    assert!(err.contains("exclusive"), "{err}");
+}
