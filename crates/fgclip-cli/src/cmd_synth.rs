@@ -57,14 +57,7 @@ pub fn run(a: Args) -> Result<()> {
     pb.finish_and_clear();
     // A tiny FG-CLIP (config + word-level tokenizer over every word of both splits) to train from scratch
     // without downloads: `fgclip train --set model.config=OUT/tiny-model/config.json --set model.tokenizer=OUT/tiny-model`.
-    let mut records = Vec::new();
-    for split in ["train.json", "test.json"] {
-        let (r, _) = fgclip_train::data::load_records(&a.out.join(split), fgclip_train::data::Policy::Reject)?;
-        records.extend(r);
-    }
-    let tiny_dir = a.out.join("tiny-model");
-    let spec = fgclip_train::tiny::TinySpec { image_size: (a.size as usize / 2).max(16) / 8 * 8, ..Default::default() };
-    fgclip_train::tiny::write_model_dir(&records, &[], &spec, &tiny_dir)?;
+    let tiny_dir = fgclip_train::tiny::write_for_synth(&a.out, a.size)?;
     let secs = t0.elapsed().as_secs_f64();
     if a.json {
         let mut v = serde_json::to_value(&summary)?;

@@ -254,9 +254,9 @@ pub struct ReadOptions {
     pub check_images: Option<ImageRoots>,
 }
 
-/// Reads one record file, a folder of them (`*.json` then `*.jsonl`, each sorted by name) or a `.txt` list of
-/// files. A file is a JSON array (the official format, even when named `.jsonl`) or JSON lines (one object per
-/// line), told apart by its first non-blank character. Returns the kept records and the problems found.
+/// Reads one record file, a folder of them (`*.json`, `*.jsonl`, then `*.parquet`, each sorted by name) or a
+/// `.txt` list of files. A file is a JSON array (the official format, even when named `.jsonl`) or JSON lines
+/// (one object per line), told apart by its first non-blank character, or parquet ([`crate::parquet`]). Returns the kept records and the problems found.
 pub fn load_records(path: &Path, policy: Policy) -> Result<(Vec<Record>, Vec<DataIssue>)> {
     let (items, issues) = load_items(path, &ReadOptions { policy, check_images: None })?;
     Ok((items.into_iter().map(|it| it.record).collect(), issues))
@@ -279,6 +279,7 @@ pub fn record_files(path: &Path) -> Result<Vec<PathBuf>> {
     if meta.is_dir() {
         let mut json = Vec::new();
         let mut jsonl = Vec::new();
+        let mut parquet = Vec::new();
         let rd = std::fs::read_dir(path)
             .map_err(|e| TrainError::File { path: path.to_path_buf(), msg: format!("cannot list folder: {e}") })?;
         for entry in rd {
@@ -291,15 +292,21 @@ pub fn record_files(path: &Path) -> Result<Vec<PathBuf>> {
             match p.extension().and_then(|e| e.to_str()) {
                 Some("json") => json.push(p),
                 Some("jsonl") => jsonl.push(p),
+                _ if is_parquet(&p) => parquet.push(p),
                 _ => {}
             }
         }
         // glob order is the OS's; sorted names make the dataset order (and so every batch) reproducible.
         json.sort();
         jsonl.sort();
+        parquet.sort();
         json.extend(jsonl);
+        json.extend(parquet);
         if json.is_empty() {
-            return Err(TrainError::File { path: path.to_path_buf(), msg: "folder holds no .json / .jsonl files".into() });
+            return Err(TrainError::File {
+                path: path.to_path_buf(),
+                msg: "folder holds no .json / .jsonl / .parquet files".into(),
+            });
         }
         return Ok(json);
     }
@@ -350,7 +357,41 @@ impl Reporter<'_> {
     }
 }
 
+/// Validates a parsed record (and with `check_images`, its image) and keeps it, or reports why not.
+fn accept(record: Record, line: usize, file: &Arc<Path>, opts: &ReadOptions, rep: &mut Reporter, items: &mut Vec<Item>) -> Result<()> {
+    let Some(record) = validate(record, line, rep)? else { return Ok(()) };
+    if let Some(roots) = &opts.check_images {
+        match roots.image_path(&record) {
+            None => return rep.report(line, "Chinese record but no CN image root given".into(), "record dropped"),
+            Some(p) if !p.is_file() => return rep.report(line, format!("image not found: {}", p.display()), "record dropped"),
+            Some(_) => {}
+        }
+    }
+    items.push(Item { record, file: file.clone(), line });
+    Ok(())
+}
+
+/// A parquet record file: rows instead of lines (`DataIssue::line` is the 1-based row).
+fn read_parquet(path: &Path, opts: &ReadOptions, items: &mut Vec<Item>, issues: &mut Vec<DataIssue>) -> Result<()> {
+    let file: Arc<Path> = Arc::from(path);
+    let mut rep = Reporter { file: path, policy: opts.policy, issues };
+    for (row, record) in crate::parquet::read_records(path)? {
+        match record {
+            Ok(record) => accept(record, row, &file, opts, &mut rep, items)?,
+            Err(msg) => rep.report(row, format!("row {row}: {msg}"), "record dropped")?,
+        }
+    }
+    Ok(())
+}
+
+fn is_parquet(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+}
+
 fn read_file(path: &Path, opts: &ReadOptions, items: &mut Vec<Item>, issues: &mut Vec<DataIssue>) -> Result<()> {
+    if is_parquet(path) {
+        return read_parquet(path, opts, items, issues);
+    }
     let bytes = std::fs::read(path)
         .map_err(|e| TrainError::File { path: path.to_path_buf(), msg: format!("cannot read: {e}") })?;
     let text = match std::str::from_utf8(&bytes) {
@@ -368,23 +409,10 @@ fn read_file(path: &Path, opts: &ReadOptions, items: &mut Vec<Item>, issues: &mu
     };
     let mut lines = LineCounter::new(text);
     let mut accept = |rep: &mut Reporter, slice: &str, line: usize| -> Result<()> {
-        if let Some(record) = parse_record(slice, line, rep)? {
-            if let Some(record) = validate(record, line, rep)? {
-                if let Some(roots) = &opts.check_images {
-                    match roots.image_path(&record) {
-                        None => {
-                            return rep.report(line, "Chinese record but no CN image root given".into(), "record dropped")
-                        }
-                        Some(p) if !p.is_file() => {
-                            return rep.report(line, format!("image not found: {}", p.display()), "record dropped")
-                        }
-                        Some(_) => {}
-                    }
-                }
-                items.push(Item { record, file: file.clone(), line });
-            }
+        match parse_record(slice, line, rep)? {
+            Some(record) => accept(record, line, &file, opts, rep, items),
+            None => Ok(()),
         }
-        Ok(())
     };
     match text.as_bytes()[first] {
         b'[' => {

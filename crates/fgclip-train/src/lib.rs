@@ -1,6 +1,6 @@
 //! fgclip-train: training and evaluation for FG-CLIP and FG-CLIP 2.
 //!
-//! Data flows one way: FineHARD records ([`data`]) → batches in the official collator's layout ([`batch`]) →
+//! Data flows one way: FineHARD records ([`data`], JSON or [`parquet`]) → batches in the official collator's layout ([`batch`]) →
 //! the papers' objectives on the towers ([`objective`], on the loss functions of `fgclip::loss`) → the
 //! optimiser ([`optim`]) and the loop with checkpoints and resume ([`trainer`]). [`synth`] renders a
 //! fine-grained dataset anywhere; [`eval`] scores FG-OVD-style files.
@@ -16,6 +16,7 @@ pub mod error;
 pub mod init;
 pub mod objective;
 pub mod optim;
+pub mod parquet;
 pub mod run;
 pub mod tiny;
 pub mod trainable;

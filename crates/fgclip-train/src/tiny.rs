@@ -180,3 +180,18 @@ mod tests {
         assert_eq!(words("A large Red-striped circle, left."), ["a", "large", "red", "-", "striped", "circle", ",", "left", "."]);
     }
 }
+
+/// The tiny model of a `synth` folder: a word-level tokenizer over both splits' words and a config whose input
+/// is half the rendered side (the renderings are anti-aliased by the downscale), written to `<out_dir>/tiny-model/`.
+/// Returns that folder.
+pub fn write_for_synth(out_dir: &Path, rendered_size: u32) -> Result<std::path::PathBuf> {
+    let mut records = Vec::new();
+    for split in ["train.json", "test.json"] {
+        let (r, _) = crate::data::load_records(&out_dir.join(split), crate::data::Policy::Reject)?;
+        records.extend(r);
+    }
+    let dir = out_dir.join("tiny-model");
+    let spec = TinySpec { image_size: (rendered_size as usize / 2).max(16) / 8 * 8, ..Default::default() };
+    write_model_dir(&records, &[], &spec, &dir)?;
+    Ok(dir)
+}
