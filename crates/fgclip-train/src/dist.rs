@@ -9,7 +9,7 @@
 //! the features of rank r then receive d(Σ_q L_q)/d f_r, and the scalars dL_r/ds, exactly as in the official run
 //! (`objective.rs`; proven by the `dist_gather` tests). Only forward collectives are needed.
 
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use candle_core::{Device, Tensor};
 
@@ -45,7 +45,9 @@ impl Collective for SingleProcess {
 }
 
 /// Ranks simulated by threads of one process: every call is a rendezvous of all ranks (like NCCL, all ranks must
-/// issue the same collectives in the same order). Used by tests and `--simulate-ranks`.
+/// issue the same collectives in the same order). Used by tests and `train.simulate_ranks`. A rank whose handle
+/// is dropped (it returned, failed or panicked) releases the others: their pending and later collectives fail
+/// with [`TrainError::PeerStopped`] instead of waiting forever.
 pub struct ThreadGroup {
     rank: usize,
     shared: Arc<Shared>,
@@ -53,9 +55,21 @@ pub struct ThreadGroup {
 
 struct Shared {
     world: usize,
-    barrier: Barrier,
+    rendezvous: Mutex<Rendezvous>,
+    arrived: Condvar,
     slots: Mutex<Vec<Option<Vec<f32>>>>,
     shapes: Mutex<Vec<Vec<usize>>>,
+}
+
+/// A reusable barrier that can be broken: `generation` counts completed rendezvous.
+struct Rendezvous {
+    waiting: usize,
+    generation: u64,
+    stopped: Option<usize>,
+}
+
+fn poisoned<T>(_: T) -> TrainError {
+    TrainError::Dist("a rank panicked during a collective".into())
 }
 
 impl ThreadGroup {
@@ -63,29 +77,63 @@ impl ThreadGroup {
     pub fn new(world: usize) -> Vec<ThreadGroup> {
         let shared = Arc::new(Shared {
             world,
-            barrier: Barrier::new(world),
+            rendezvous: Mutex::new(Rendezvous { waiting: 0, generation: 0, stopped: None }),
+            arrived: Condvar::new(),
             slots: Mutex::new(vec![None; world]),
             shapes: Mutex::new(vec![vec![]; world]),
         });
         (0..world).map(|rank| ThreadGroup { rank, shared: shared.clone() }).collect()
     }
 
+    /// Waits until every rank has arrived, or fails once a rank has stopped.
+    fn wait_all(&self) -> Result<()> {
+        let mut st = self.shared.rendezvous.lock().map_err(poisoned)?;
+        if let Some(rank) = st.stopped {
+            return Err(TrainError::PeerStopped { rank });
+        }
+        let generation = st.generation;
+        st.waiting += 1;
+        if st.waiting == self.shared.world {
+            st.waiting = 0;
+            st.generation += 1;
+            self.shared.arrived.notify_all();
+            return Ok(());
+        }
+        while st.generation == generation {
+            if let Some(rank) = st.stopped {
+                return Err(TrainError::PeerStopped { rank });
+            }
+            st = self.shared.arrived.wait(st).map_err(poisoned)?;
+        }
+        Ok(())
+    }
+
     /// Puts this rank's buffer on the table, waits for everyone, reads every buffer, waits again so the table
     /// can be reused by the next call.
     fn exchange(&self, data: Vec<f32>, shape: Vec<usize>) -> Result<(Vec<Vec<f32>>, Vec<Vec<usize>>)> {
-        fn poisoned<T>(_: T) -> TrainError {
-            TrainError::Dist("a rank panicked during a collective".into())
-        }
         {
             self.shared.slots.lock().map_err(poisoned)?[self.rank] = Some(data);
             self.shared.shapes.lock().map_err(poisoned)?[self.rank] = shape;
         }
-        self.shared.barrier.wait();
+        self.wait_all()?;
         let all: Vec<Vec<f32>> =
             self.shared.slots.lock().map_err(poisoned)?.iter().map(|s| s.clone().unwrap_or_default()).collect();
         let shapes = self.shared.shapes.lock().map_err(poisoned)?.clone();
-        self.shared.barrier.wait();
+        self.wait_all()?;
         Ok((all, shapes))
+    }
+}
+
+impl Drop for ThreadGroup {
+    fn drop(&mut self) {
+        // Every rendezvous this rank completed has already released the others (the generation moved on before
+        // it could leave), so marking the group stopped only affects collectives it will never join.
+        let mut st = match self.shared.rendezvous.lock() {
+            Ok(st) => st,
+            Err(p) => p.into_inner(),
+        };
+        st.stopped.get_or_insert(self.rank);
+        self.shared.arrived.notify_all();
     }
 }
 

@@ -18,6 +18,9 @@ pub enum TrainError {
     Config(String),
     #[error("data parallel: {0}")]
     Dist(String),
+    /// A collective found that another rank had stopped (its own error says why).
+    #[error("data parallel: rank {rank} stopped before this collective")]
+    PeerStopped { rank: usize },
     #[error("objective: {0}")]
     Objective(String),
     #[error("checkpoint {path}: {msg}")]

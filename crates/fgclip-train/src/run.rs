@@ -166,10 +166,22 @@ pub fn run(cfg: &TrainConfig, progress: bool) -> Result<RunSummary> {
         let handles: Vec<_> = ThreadGroup::new(world).into_iter().map(|g| s.spawn(move || one(&g))).collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(TrainError::Dist("a rank panicked".into())))).collect()
     });
+    // A failing rank stops the others with PeerStopped: report the failure itself.
+    let mut errors: Vec<TrainError> = Vec::new();
     let mut first = None;
     for r in results {
-        let r = r?;
-        first.get_or_insert(r);
+        match r {
+            Ok(s) => {
+                first.get_or_insert(s);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if let Some(i) = errors.iter().position(|e| !matches!(e, TrainError::PeerStopped { .. })) {
+        return Err(errors.swap_remove(i));
+    }
+    if let Some(e) = errors.into_iter().next() {
+        return Err(e);
     }
     first.ok_or_else(|| TrainError::Dist("no ranks ran".into()))
 }

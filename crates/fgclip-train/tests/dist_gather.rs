@@ -144,3 +144,33 @@ fn threshold_is_averaged_over_ranks() {
         assert!((got - mean).abs() <= 1e-5, "rank {r}: synchronised θ {got}, expected the ranks' mean {mean}");
     }
 }
+
+/// Regression: a simulated rank that stopped (error or panic) used to leave the others waiting forever in their
+/// next collective; now they fail with `PeerStopped` naming it.
+#[test]
+fn a_stopped_rank_releases_the_others() {
+    // Plain threads, not a scope: were a rank still blocked, the test fails at the timeout instead of hanging.
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (rank, coll) in ThreadGroup::new(3).into_iter().enumerate() {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            // One completed collective first: leaving after it must not disturb it.
+            assert_eq!(coll.all_reduce_sum(&[1.0]).unwrap(), vec![3.0]);
+            if rank == 1 {
+                return; // rank 1 "fails" here: its handle is dropped
+            }
+            tx.send((rank, coll.all_reduce_sum(&[1.0]))).unwrap();
+        });
+    }
+    drop(tx);
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let (rank, r) = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("a rank is still waiting");
+        match r {
+            Err(fgclip_train::TrainError::PeerStopped { rank: 1 }) => got.push(rank),
+            other => panic!("rank {rank}: expected PeerStopped {{ rank: 1 }}, got {other:?}"),
+        }
+    }
+    got.sort();
+    assert_eq!(got, [0, 2]);
+}
