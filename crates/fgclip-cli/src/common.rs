@@ -47,14 +47,7 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
 }
 
 pub fn parse_device(s: &str) -> Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        s if s == "cuda" || s.starts_with("cuda:") => {
-            let n: usize = s.strip_prefix("cuda:").map(|n| n.parse()).transpose().context("--device cuda:N needs a number")?.unwrap_or(0);
-            Device::new_cuda(n).with_context(|| format!("--device {s}: this build has no CUDA support (CPU only for now)"))
-        }
-        _ => bail!("unknown --device {s:?} (expected cpu, cuda or cuda:N)"),
-    }
+    fgclip::parse_device(s).map_err(|e| anyhow::anyhow!("--device {e}"))
 }
 
 /// Reads labels from a comma-separated list or a file (one per line; blank lines and `#` comments skipped).

@@ -16,17 +16,7 @@ use crate::trainer::{self, LoopConfig, RunSummary};
 
 /// The device named in the config ("cpu", "cuda", "cuda:N").
 pub fn device(name: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        s if s == "cuda" || s.starts_with("cuda:") => {
-            let n: usize = match s.strip_prefix("cuda:") {
-                Some(n) => n.parse().map_err(|_| TrainError::Config(format!("train.device {s:?}: expected cuda:N")))?,
-                None => 0,
-            };
-            Device::new_cuda(n).map_err(|e| TrainError::Config(format!("train.device {s}: {e} (is this a CUDA build?)")))
-        }
-        s => Err(TrainError::Config(format!("train.device {s:?}: expected cpu, cuda or cuda:N"))),
-    }
+    fgclip::parse_device(name).map_err(|e| TrainError::Config(format!("train.device {e}")))
 }
 
 /// The files the model and its tokenizer come from.

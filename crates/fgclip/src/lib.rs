@@ -20,6 +20,22 @@ pub use error::{Error, Result};
 pub use fgclip_image;
 pub use model::{DenseMap, LoadOptions, Model, PatchBudget, PreparedImages, TextMask};
 
+/// A device by name: `cpu`, `cuda` (GPU 0) or `cuda:N`. The error says what was wrong (callers prefix the
+/// option's name); `cuda` fails on a build without the `cuda` feature.
+pub fn parse_device(name: &str) -> std::result::Result<candle_core::Device, String> {
+    match name {
+        "cpu" => Ok(candle_core::Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let n: usize = match s.strip_prefix("cuda:") {
+                Some(n) => n.parse().map_err(|_| format!("{s:?}: expected cuda:N with N a GPU number"))?,
+                None => 0,
+            };
+            candle_core::Device::new_cuda(n).map_err(|e| format!("{s}: {e} (is this a CUDA build?)"))
+        }
+        s => Err(format!("{s:?}: expected cpu, cuda or cuda:N")),
+    }
+}
+
 /// Which text regime to encode with (spec §2.2, §3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TextWalk {
