@@ -158,10 +158,19 @@ fn saved_checkpoint_loads_in_the_inference_api_with_the_same_features() {
     let init = candle_core::safetensors::load(&files.weights[0], &Device::Cpu).unwrap();
     let saved = candle_core::safetensors::load(sum.final_dir.join("model.safetensors"), &Device::Cpu).unwrap();
     assert!(max_abs_diff(&init["visual_projection.weight"], &saved["visual_projection.weight"]) > 0.0);
-    for k in init.keys() {
-        assert!(saved.contains_key(k), "saved checkpoint lacks {k}");
+    // What the official `from_pretrained` reads: exactly the official checkpoint's tensors (names, shapes,
+    // dtypes: nothing missing, nothing unexpected) and the same config.json.
+    let mut names: Vec<&String> = saved.keys().collect();
+    names.sort();
+    let mut want_names: Vec<&String> = init.keys().collect();
+    want_names.sort();
+    assert_eq!(names, want_names, "saved tensor names differ from the official checkpoint's");
+    for (k, t) in &init {
+        assert_eq!((saved[k].dims(), saved[k].dtype()), (t.dims(), t.dtype()), "{k}");
     }
-    assert!(sum.final_dir.join("tokenizer.json").is_file() && sum.final_dir.join("config.json").is_file());
+    let json = |p: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    assert_eq!(json(&sum.final_dir.join("config.json")), json(&files.config), "config.json changed");
+    assert!(sum.final_dir.join("tokenizer.json").is_file());
 }
 
 #[test]
@@ -202,4 +211,32 @@ fn a_nan_loss_stops_with_a_named_error() {
     let err = train(&model, &mut source(&bad, 2, None), &loop_cfg(&tmp.path().join("nan"), 1, 0), &SingleProcess).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("loss is NaN") && msg.contains("step 0"), "{msg}");
+}
+
+/// FG-CLIP 2's saved model holds the official checkpoint's tensors (names, shapes, dtypes, values) and config.
+#[test]
+fn fgclip2_saves_the_official_tensor_set() {
+    let Some(fx_dir) = fixtures_dir() else { return };
+    let files = ModelFiles::from_dir(fx_dir.join("fgclip2/model")).unwrap();
+    let model = Trainable::from_files(&files, &Device::Cpu).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    model.save(tmp.path()).unwrap();
+    let init = candle_core::safetensors::load(&files.weights[0], &Device::Cpu).unwrap();
+    let saved = candle_core::safetensors::load(tmp.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    // Plus the two stage-2 scales, which the official trainer attaches as parameters (spec §3.5) and so saves;
+    // the released checkpoint has none.
+    let stage2 = ["logit_scale_finegraind", "logit_scale_hardneg"];
+    let mut names: Vec<&str> = saved.keys().map(String::as_str).collect();
+    names.sort();
+    let mut want: Vec<&str> = init.keys().map(String::as_str).chain(stage2).collect();
+    want.sort();
+    assert_eq!(names, want);
+    for (k, t) in &init {
+        assert_eq!((saved[k].dims(), saved[k].dtype()), (t.dims(), t.dtype()), "{k}");
+        assert_eq!(max_abs_diff(&saved[k], t), 0.0, "{k} changed by a load/save round trip");
+    }
+    let json = |p: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    assert_eq!(json(&tmp.path().join("config.json")), json(&files.config));
+    let loaded = Model::load(tmp.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
+    assert_eq!(loaded.family(), fgclip::config::Family::FgClip2);
 }
