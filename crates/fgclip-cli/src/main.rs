@@ -52,7 +52,18 @@ enum Command {
     Info(cmd_info::Args),
 }
 
+/// Output piped into `head` and the like: die quietly on a closed pipe, as Unix tools do, instead of Rust's
+/// default (SIGPIPE ignored, so `println!` panics with "failed printing to stdout").
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() {
+    default_sigpipe();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",
