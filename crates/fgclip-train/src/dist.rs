@@ -61,6 +61,9 @@ struct Shared {
     shapes: Mutex<Vec<Vec<usize>>>,
 }
 
+/// Every rank's buffer and shape, in rank order.
+type Table = (Vec<Vec<f32>>, Vec<Vec<usize>>);
+
 /// A reusable barrier that can be broken: `generation` counts completed rendezvous.
 struct Rendezvous {
     waiting: usize,
@@ -110,7 +113,7 @@ impl ThreadGroup {
 
     /// Puts this rank's buffer on the table, waits for everyone, reads every buffer, waits again so the table
     /// can be reused by the next call.
-    fn exchange(&self, data: Vec<f32>, shape: Vec<usize>) -> Result<(Vec<Vec<f32>>, Vec<Vec<usize>>)> {
+    fn exchange(&self, data: Vec<f32>, shape: Vec<usize>) -> Result<Table> {
         {
             self.shared.slots.lock().map_err(poisoned)?[self.rank] = Some(data);
             self.shared.shapes.lock().map_err(poisoned)?[self.rank] = shape;

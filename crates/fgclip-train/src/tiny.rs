@@ -171,16 +171,6 @@ pub fn write_model_dir(records: &[Record], extra_texts: &[&str], spec: &TinySpec
     Ok(vocab_words.len())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::words;
-
-    #[test]
-    fn splits_like_the_whitespace_pre_tokenizer() {
-        assert_eq!(words("A large Red-striped circle, left."), ["a", "large", "red", "-", "striped", "circle", ",", "left", "."]);
-    }
-}
-
 /// The tiny model of a `synth` folder: a word-level tokenizer over both splits' words and a config whose input
 /// is half the rendered side (the renderings are anti-aliased by the downscale), written to `<out_dir>/tiny-model/`.
 /// Returns that folder.
@@ -194,4 +184,14 @@ pub fn write_for_synth(out_dir: &Path, rendered_size: u32) -> Result<std::path::
     let spec = TinySpec { image_size: (rendered_size as usize / 2).max(16) / 8 * 8, ..Default::default() };
     write_model_dir(&records, &[], &spec, &dir)?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::words;
+
+    #[test]
+    fn splits_like_the_whitespace_pre_tokenizer() {
+        assert_eq!(words("A large Red-striped circle, left."), ["a", "large", "red", "-", "striped", "circle", ",", "left", "."]);
+    }
 }

@@ -318,7 +318,7 @@ pub fn train(model: &Trainable, data: &mut dyn BatchSource, cfg: &LoopConfig, co
                 terms: reports.pop().unwrap_or_default(),
             };
             if let Some(f) = log.as_mut() {
-                if state.step % cfg.log_every.max(1) == 0 || state.step == total {
+                if state.step.is_multiple_of(cfg.log_every.max(1)) || state.step == total {
                     let s = serde_json::to_string(&line).map_err(|e| TrainError::Config(e.to_string()))?;
                     writeln!(f, "{s}")?;
                     f.flush()?;
@@ -333,7 +333,7 @@ pub fn train(model: &Trainable, data: &mut dyn BatchSource, cfg: &LoopConfig, co
                 state.epoch += 1;
                 state.batch_in_epoch = 0;
             }
-            if rank0 && cfg.save_every > 0 && state.step % cfg.save_every == 0 {
+            if rank0 && cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every) {
                 save_checkpoint(&cfg.out_dir.join(format!("checkpoint-{}", state.step)), model, &opt, &state)?;
                 prune_checkpoints(&cfg.out_dir, cfg.keep_last)?;
             }
