@@ -98,6 +98,15 @@ impl Attention {
         let (b, nq, d) = q_in.dims3()?;
         let nk = kv_in.dim(1)?;
         let (h, dh) = (self.num_heads, self.head_dim);
+        let weights = [&self.q_proj.weight, &self.k_proj.weight, &self.v_proj.weight, &self.out_proj.weight];
+        if super::tracked(&[q_in, kv_in]) || super::tracked(&weights) {
+            if super::grad_ops::usable(&[q_in, kv_in]) && super::grad_ops::usable(&weights) {
+                // Training on the CPU: one fused op with a backward instead of per-head reshapes and matmuls.
+                let (q, k, v) = (self.q_proj.forward(q_in)?, self.k_proj.forward(kv_in)?, self.v_proj.forward(kv_in)?);
+                let o = super::grad_ops::attention(&q, &k, &v, h, (dh as f64).powf(-0.5) as f32, mask)?;
+                return self.out_proj.forward(&o);
+            }
+        }
         let q = (self.q_proj.forward(q_in)? * (dh as f64).powf(-0.5))?;
         let k = self.k_proj.forward(kv_in)?;
         let v = self.v_proj.forward(kv_in)?;
@@ -122,10 +131,12 @@ impl Attention {
     }
 }
 
-/// Softmax over the last dimension: candle's fused kernel when no gradient is needed, the composed
-/// (differentiable) one otherwise.
+/// Softmax over the last dimension: candle's fused kernel when no gradient is needed; when one is, our fused op
+/// with a backward on the CPU (`grad_ops`), the composed (differentiable) one elsewhere.
 pub fn softmax_last_dim(x: &Tensor) -> CResult<Tensor> {
-    if x.track_op() {
+    if x.track_op() && super::grad_ops::usable(&[x]) {
+        super::grad_ops::softmax_last_dim(x)
+    } else if x.track_op() {
         candle_nn::ops::softmax(x, D::Minus1)
     } else {
         candle_nn::ops::softmax_last_dim(&x.contiguous()?)

@@ -33,10 +33,18 @@ impl Module for Linear {
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().expect("linear input has a last dim");
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
+        let x2 = x.reshape((rows, in_dim))?;
+        let mut params = vec![x, &self.weight];
+        params.extend(self.bias.as_ref());
+        let y = if super::tracked(&params) && super::grad_ops::usable(&params) {
+            // Training on the CPU: bias in the GEMM, a direct backward (grad_ops).
+            super::grad_ops::linear(&x2, &self.weight, self.bias.as_ref())?
+        } else {
+            let y = x2.matmul(&self.weight.t()?)?;
+            match &self.bias {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            }
         };
         let mut out = dims;
         *out.last_mut().unwrap() = self.weight.dim(0)?;
@@ -71,7 +79,11 @@ impl LayerNorm {
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
         if super::tracked(&[x, &self.weight, &self.bias]) {
-            self.forward_composed(x)
+            if super::grad_ops::usable(&[x, &self.weight, &self.bias]) {
+                super::grad_ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+            } else {
+                self.forward_composed(x)
+            }
         } else {
             candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)
         }
@@ -85,6 +97,7 @@ pub struct Act(pub Activation);
 impl Module for Act {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
         match self.0 {
+            Activation::QuickGelu if super::grad_ops::usable(&[x]) => super::grad_ops::quick_gelu(x),
             Activation::QuickGelu => x.mul(&candle_nn::ops::sigmoid(&(x * 1.702)?)?),
             Activation::GeluTanh => x.gelu(),
             Activation::Gelu => x.gelu_erf(),

@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod fast;
+pub mod grad_ops;
 pub mod interp;
 pub mod layers;
 pub mod map_head;
