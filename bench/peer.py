@@ -59,6 +59,11 @@ for _n in (256, 576, 1024):
     WORKLOADS[f"fgclip2-base-image-{_n}"] = dict(kind="siglip2-image", hidden=768, layers=12, heads=12, mlp=3072,
                                                  act="gelu_pytorch_tanh", patch=16, table_patches=256,
                                                  patches=_n)
+# One training step of FG-CLIP-base (the H100 reference of issue #5, on the CPU): CLIP ViT-B/16 @224 image
+# tower + CLIP text tower at 248 positions (FG-CLIP's long walk), global InfoNCE, AdamW, f32. Items = samples.
+WORKLOADS["train-fgclip-base"] = dict(kind="clip-train", hidden=768, layers=12, heads=12, mlp=3072,
+                                      act="quick_gelu", patch=16, image=224, proj=512, vocab=49408,
+                                      text_hidden=512, text_layers=12, text_heads=8, text_mlp=2048, seq=248)
 for _l in (64, 196):
     # FG-CLIP 2 base text tower: SigLIP 2 text (bidirectional, last-token pooling, Linear head 768->768).
     WORKLOADS[f"fgclip2-base-text-{_l}"] = dict(kind="siglip2-text", vocab=256000, hidden=768, layers=12,
@@ -101,6 +106,12 @@ def flops_per_item(w: dict) -> int:
     if k == "siglip2-text":
         # SigLIP 2 text: encoder over L tokens + Linear head on the last token: 2 * d * proj
         return encoder_flops(w["seq"], d, f, L) + 2 * d * w["proj"]
+    if k == "clip-train":
+        # forward of both towers (as above) times 3: the backward costs two forwards (grad wrt input and weights)
+        img = flops_per_item(dict(w, kind="clip-image"))
+        txt = flops_per_item(dict(kind="clip-text", hidden=w["text_hidden"], mlp=w["text_mlp"],
+                                  layers=w["text_layers"], seq=w["seq"], proj=w["proj"]))
+        return 3 * (img + txt)
     raise ValueError(k)
 
 
@@ -130,6 +141,10 @@ def make_inputs(w: dict, batch: int, seed: int = 0) -> dict:
         }
     if k == "siglip2-text":
         return {"input_ids": rng.integers(0, w["vocab"], size=(batch, w["seq"]), dtype=np.int64)}
+    if k == "clip-train":
+        img = make_inputs(dict(w, kind="clip-image"), batch, seed)
+        txt = make_inputs(dict(w, kind="clip-text"), batch, seed + 1)
+        return {**img, **txt}
     raise ValueError(k)
 
 
@@ -216,6 +231,46 @@ def build_torch_module(w: dict, attn: str):
     for p in mod.parameters():
         p.requires_grad_(False)
     return mod
+
+
+def build_torch_train(w: dict, attn: str):
+    """FG-CLIP-base's two towers + logit scale as HF builds them (CLIPModel's loss: symmetric CE over
+    exp(logit_scale)-scaled cosine logits), trainable, with torch's AdamW (foreach, the default on CPU) and
+    FG-CLIP's hyper-parameters (betas 0.9/0.999, eps 1e-8, weight decay 0.001)."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    vcfg = tf.CLIPVisionConfig(hidden_size=w["hidden"], intermediate_size=w["mlp"], projection_dim=w["proj"],
+                               num_hidden_layers=w["layers"], num_attention_heads=w["heads"], num_channels=3,
+                               image_size=w["image"], patch_size=w["patch"], hidden_act=w["act"],
+                               layer_norm_eps=1e-5)
+    tcfg = tf.CLIPTextConfig(vocab_size=w["vocab"], hidden_size=w["text_hidden"], intermediate_size=w["text_mlp"],
+                             projection_dim=w["proj"], num_hidden_layers=w["text_layers"],
+                             num_attention_heads=w["text_heads"], max_position_embeddings=w["seq"],
+                             hidden_act=w["act"], layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=49406,
+                             eos_token_id=49407)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vision = tf.CLIPVisionModelWithProjection._from_config(vcfg, attn_implementation=attn)
+            self.text = tf.CLIPTextModelWithProjection._from_config(tcfg, attn_implementation=attn)
+            self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+        def forward(self, pixel_values, input_ids):
+            img = self.vision(pixel_values=pixel_values).image_embeds
+            txt = self.text(input_ids=input_ids).text_embeds
+            img = img / img.norm(dim=-1, keepdim=True)
+            txt = txt / txt.norm(dim=-1, keepdim=True)
+            logits = self.logit_scale.exp() * img @ txt.t()
+            target = torch.arange(img.shape[0])
+            ce = torch.nn.functional.cross_entropy
+            return 0.5 * (ce(logits, target) + ce(logits.t(), target))
+
+    mod = Model().float().train()
+    opt = torch.optim.AdamW(mod.parameters(), lr=1e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.001)
+    return mod, opt
 
 
 def torch_inputs(w: dict, batch: int):
@@ -479,14 +534,24 @@ def run_torch(a, log) -> dict:
         pass
     w = WORKLOADS[a.workload]
     rec = base_record(a, w)
-    mod = build_torch_module(w, a.attn)
     args = torch_inputs(w, a.batch)
+    if w["kind"] == "clip-train":
+        mod, opt = build_torch_train(w, a.attn)
+
+        def fn():
+            opt.zero_grad(set_to_none=True)
+            loss = mod(*args)
+            loss.backward()
+            opt.step()
+            return loss.detach().reshape(1)
+    else:
+        mod = build_torch_module(w, a.attn)
+
+        def fn():
+            with torch.inference_mode():
+                return mod(*args)
+
     log(f"[peer] torch {a.workload} b={a.batch} t={a.threads}: built, timing")
-
-    def fn():
-        with torch.inference_mode():
-            return mod(*args)
-
     out = fn()
     rec["output_shape"] = list(out.shape)
     lat, el = time_loop(fn, a.warmup, a.seconds)
@@ -498,6 +563,9 @@ def run_torch(a, log) -> dict:
 def run_ort(a, log) -> dict:
     w = WORKLOADS[a.workload]
     rec = base_record(a, w)
+    if w["kind"] == "clip-train":
+        rec["error"] = "training is measured against PyTorch only"
+        return rec
     meta = find_or_export(a.workload, a.attn, a.batch, log)
     if not meta.get("ok"):
         rec["error"] = meta.get("error") or "export failed"

@@ -41,7 +41,8 @@ pub struct Args {
     /// Folder whose tokenizer files are copied next to a written checkpoint.
     #[arg(long)]
     pub tokenizer_from: Option<std::path::PathBuf>,
-    /// Use the plain differentiable ops instead of the fused CPU kernels (to measure what they buy).
+    /// Use the plain differentiable ops instead of the fused CPU kernels (to measure what they buy); for the
+    /// train workloads, candle's composed ops instead of our fused LayerNorm / softmax / GELU with backward.
     #[arg(long)]
     pub no_fast: bool,
     /// List the workloads and exit.
@@ -63,6 +64,7 @@ pub const WORKLOADS: &[&str] = &[
     "fgclip2-base-text-196",
     "preprocess-fgclip-640x480",
     "preprocess-fgclip2-640x480",
+    "train-fgclip-base",
 ];
 
 fn v1_config(large: bool) -> Result<FgClipConfig> {
@@ -154,6 +156,8 @@ pub fn run(a: Args) -> Result<()> {
     for &b in &batches {
         let (m, flops_per_item) = if let Some(rest) = wl.strip_prefix("preprocess-") {
             bench_preprocess(rest, b, &a)?
+        } else if wl.starts_with("train-") {
+            bench_train(b, &a, &device)?
         } else if wl.starts_with("fgclip-") {
             let cfg = v1_config(wl.contains("large"))?;
             let mut model = FgClip::load(&w, &cfg)?;
@@ -251,11 +255,9 @@ fn bench_preprocess(which: &str, b: usize, a: &Args) -> Result<(Measured, f64)> 
     Ok((m, 0.0))
 }
 
-/// Writes the workload's model with random weights as an official-layout checkpoint (for RSS and end-to-end
-/// measurements of the CLI at real sizes).
-fn write_checkpoint(wl: &str, dir: &std::path::Path, tokenizer_from: Option<&std::path::Path>) -> Result<()> {
-    let w = Weights::random(0.02, DType::F32, &Device::Cpu);
-    let config = if wl.starts_with("fgclip-") {
+/// The official `config.json` of the workload's model (built on `w` to check that it loads).
+fn config_json(wl: &str, w: &Weights) -> Result<serde_json::Value> {
+    Ok(if wl.starts_with("fgclip-") || wl.starts_with("train-fgclip-") {
         let large = wl.contains("large");
         let cfg = v1_config(large)?;
         FgClip::load(&w, &cfg)?;
@@ -279,7 +281,14 @@ fn write_checkpoint(wl: &str, dir: &std::path::Path, tokenizer_from: Option<&std
                 "intermediate_size": t.intermediate_size, "vocab_size": t.vocab_size, "max_position_embeddings": t.max_position_embeddings,
                 "longtext_len": t.longtext_len, "keep_len": t.keep_len, "projection_size": t.projection_size()},
         })
-    };
+    })
+}
+
+/// Writes the workload's model with random weights as an official-layout checkpoint (for RSS and end-to-end
+/// measurements of the CLI at real sizes).
+fn write_checkpoint(wl: &str, dir: &std::path::Path, tokenizer_from: Option<&std::path::Path>) -> Result<()> {
+    let w = Weights::random(0.02, DType::F32, &Device::Cpu);
+    let config = config_json(wl, &w)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
     let tensors: std::collections::BTreeMap<String, Tensor> = w.recorded().into_iter().collect();
@@ -293,4 +302,46 @@ fn write_checkpoint(wl: &str, dir: &std::path::Path, tokenizer_from: Option<&std
     }
     println!("wrote {} ({} tensors)", dir.display(), tensors.len());
     Ok(())
+}
+
+/// One training step of FG-CLIP-base as the H100 reference of issue #5 measures it: image (ViT-B/16, 224) and
+/// long text (248 tokens) towers, forward + backward of the global InfoNCE loss, one AdamW update, f32.
+/// The model is built from scratch (`Trainable::from_scratch` on the released config), so nothing is downloaded.
+/// FLOPs per sample = 3 × the forward's (backward ≈ 2 × forward).
+fn bench_train(b: usize, a: &Args, device: &Device) -> Result<(Measured, f64)> {
+    use fgclip_train::optim::{AdamW, AdamWConfig};
+    use fgclip_train::trainable::{Towers, Trainable};
+    if a.dtype != "f32" {
+        bail!("train workloads run in f32 (the bf16 CPU mode is inference-only)");
+    }
+    if b < 2 {
+        bail!("train workloads need --batch ≥ 2 (a contrastive loss over one pair is constant)");
+    }
+    // --no-fast: the composed candle ops instead of our fused training ops (to measure what those buy).
+    fgclip::nn::grad_ops::set_enabled(!a.no_fast);
+    crate::common::keep_freed_memory_for_reuse();
+    let dir = std::env::temp_dir().join(format!("fgclip-bench-train-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let config = config_json("train-fgclip-base", &Weights::random(0.02, DType::F32, &Device::Cpu))?;
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    let model = Trainable::from_scratch(&dir.join("config.json"), vec![], 0, device);
+    let _ = std::fs::remove_dir_all(&dir);
+    let model = model?;
+    let Towers::V1(m) = &model.towers else { bail!("train-fgclip-base builds an FG-CLIP model") };
+    let cfg = v1_config(false)?;
+    let long = m.text_model.long_len;
+    let s = cfg.vision.image_size;
+    let pv = Tensor::randn(0f32, 1.0, (b, 3, s, s), device)?;
+    let ids = random_ids(b, long, 49406, Some(49407), device)?;
+    let mut opt = AdamW::new(model.named_vars(), AdamWConfig { lr: 1e-5, ..AdamWConfig::fgclip() })?;
+    let m = measure(b, a.warmup.min(1), a.seconds, || {
+        let image = fgclip::nn::l2_normalize(&m.image_features(&pv)?)?;
+        let text = fgclip::nn::l2_normalize(&m.text_features(&ids, true)?)?;
+        let loss = fgclip::loss::clip_infonce(&image, &text, 0, b, &m.logit_scale.exp()?)?;
+        let grads = loss.backward()?;
+        opt.step(&grads, 1e-5, 1.0)?;
+        Ok(())
+    })?;
+    let fwd = flops::fgclip_image(&cfg.vision, cfg.projection_dim) + flops::fgclip_text(&cfg.text, long, cfg.projection_dim);
+    Ok((m, 3.0 * fwd))
 }

@@ -32,6 +32,7 @@ pub fn run(a: Args) -> Result<()> {
         print!("{}", cfg.to_toml()?);
         return Ok(());
     }
+    crate::common::keep_freed_memory_for_reuse();
     let summary = fgclip_train::run::run(&cfg, !a.quiet).context("training")?;
     if a.json {
         let v = serde_json::json!({

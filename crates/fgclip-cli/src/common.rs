@@ -190,3 +190,17 @@ pub fn encode_labels(
     let mean = all.reshape((labels.len(), templates.len(), d))?.mean(1)?;
     Ok(fgclip::nn::l2_normalize(&mean)?)
 }
+
+/// For training: keep freed blocks of up to 32 MiB in the heap for reuse instead of returning them to the
+/// kernel. A training step allocates and frees hundreds of 1–30 MiB tensors; glibc serves each from a fresh
+/// mapping whose pages the kernel must zero on first touch (page clearing and faults were ~12 % of an FG-CLIP-base
+/// CPU step under perf; this setting made the step 1.17× faster at the same peak RSS). No-op off glibc.
+pub fn keep_freed_memory_for_reuse() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning parameters; called before the allocations it concerns.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}
