@@ -133,7 +133,7 @@ pub fn run(a: Args) -> Result<()> {
     let dtype = crate::common::parse_dtype(&a.dtype)?;
     let batches: Vec<usize> =
         a.batch.split(',').map(|s| s.trim().parse::<usize>()).collect::<std::result::Result<_, _>>().context("--batch: comma-separated numbers")?;
-    if batches.iter().any(|&b| b == 0) {
+    if batches.contains(&0) {
         bail!("--batch sizes must be at least 1");
     }
     // As `Model::load` does: on the CPU, bf16 means f32 tensors with bf16 GEMMs inside the fast path.
@@ -260,7 +260,7 @@ fn config_json(wl: &str, w: &Weights) -> Result<serde_json::Value> {
     Ok(if wl.starts_with("fgclip-") || wl.starts_with("train-fgclip-") {
         let large = wl.contains("large");
         let cfg = v1_config(large)?;
-        FgClip::load(&w, &cfg)?;
+        FgClip::load(w, &cfg)?;
         let (v, t) = (&cfg.vision, &cfg.text);
         serde_json::json!({
             "architectures": ["FGCLIPModel"], "model_type": "clip", "projection_dim": cfg.projection_dim,
@@ -271,7 +271,7 @@ fn config_json(wl: &str, w: &Weights) -> Result<serde_json::Value> {
         })
     } else {
         let cfg = v2_config()?;
-        FgClip2::load(&w, &cfg)?;
+        FgClip2::load(w, &cfg)?;
         let (v, t) = (&cfg.vision, &cfg.text);
         serde_json::json!({
             "architectures": ["FG_CLIP2_Model"], "model_type": "fgclip2",

@@ -43,9 +43,8 @@ pub fn run(a: Args) -> Result<()> {
         });
         println!("{v}");
     } else {
-        match &summary.resumed_from {
-            Some(p) => println!("resumed from {}", p.display()),
-            None => {}
+        if let Some(p) = &summary.resumed_from {
+            println!("resumed from {}", p.display());
         }
         if let Some(l) = &summary.last {
             println!("step {}  loss {:.4}  lr {:.2e}  {:.1} samples/s", l.step, l.loss, l.lr, l.samples_per_s);

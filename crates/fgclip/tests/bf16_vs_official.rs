@@ -16,7 +16,9 @@ use fgclip::{LoadOptions, Model, TextWalk};
 
 const TOL_BF16_NORM: f32 = 1e-2;
 
-fn load_bf16(family: &str) -> Option<(Model, std::collections::HashMap<String, Tensor>, std::collections::HashMap<String, Tensor>)> {
+type Tensors = std::collections::HashMap<String, Tensor>;
+
+fn load_bf16(family: &str) -> Option<(Model, Tensors, Tensors)> {
     let dir = fixtures_dir()?.join(family);
     let opts = LoadOptions { dtype: DType::BF16, ..Default::default() };
     let model = Model::load(dir.join("model").to_str().unwrap(), &opts).expect("load fixture in bf16 mode");

@@ -99,13 +99,12 @@ impl Attention {
         let nk = kv_in.dim(1)?;
         let (h, dh) = (self.num_heads, self.head_dim);
         let weights = [&self.q_proj.weight, &self.k_proj.weight, &self.v_proj.weight, &self.out_proj.weight];
-        if super::tracked(&[q_in, kv_in]) || super::tracked(&weights) {
-            if super::grad_ops::usable(&[q_in, kv_in]) && super::grad_ops::usable(&weights) {
-                // Training on the CPU: one fused op with a backward instead of per-head reshapes and matmuls.
-                let (q, k, v) = (self.q_proj.forward(q_in)?, self.k_proj.forward(kv_in)?, self.v_proj.forward(kv_in)?);
-                let o = super::grad_ops::attention(&q, &k, &v, h, (dh as f64).powf(-0.5) as f32, mask)?;
-                return self.out_proj.forward(&o);
-            }
+        let training = super::tracked(&[q_in, kv_in]) || super::tracked(&weights);
+        if training && super::grad_ops::usable(&[q_in, kv_in]) && super::grad_ops::usable(&weights) {
+            // Training on the CPU: one fused op with a backward instead of per-head reshapes and matmuls.
+            let (q, k, v) = (self.q_proj.forward(q_in)?, self.k_proj.forward(kv_in)?, self.v_proj.forward(kv_in)?);
+            let o = super::grad_ops::attention(&q, &k, &v, h, (dh as f64).powf(-0.5) as f32, mask)?;
+            return self.out_proj.forward(&o);
         }
         let q = (self.q_proj.forward(q_in)? * (dh as f64).powf(-0.5))?;
         let k = self.k_proj.forward(kv_in)?;

@@ -63,27 +63,42 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 
 struct LinearOp;
 
-fn threads() -> gemm::Parallelism {
-    gemm::Parallelism::Rayon(rayon::current_num_threads())
+/// A row-major f32 matrix view: element (r, c) at `data[r·rs + c·cs]`.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
 }
 
-/// `dst [m × n] (+)= lhs · rhs` with explicit strides, on the current rayon pool. `accumulate` keeps dst's
-/// values (dst = dst + product); otherwise dst is overwritten.
+fn mat(data: &[f32], rs: usize, cs: usize) -> Mat<'_> {
+    Mat { data, rs, cs }
+}
+
+/// `dst (m × n, row stride dst_rs) = [dst +] beta · lhs (m × k) · rhs (k × n)` through the `gemm` crate, on the
+/// rayon pool (`parallel`) or on this thread (called per attention head, in parallel over heads). `accumulate`
+/// keeps dst's values. Every element the shapes and strides reach must be in bounds (asserted).
 #[allow(clippy::too_many_arguments)]
-fn gemm_par(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: &[f32], lhs_rs: usize, lhs_cs: usize, rhs: &[f32], rhs_rs: usize, rhs_cs: usize) {
+fn gemm_strided(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, lhs: Mat, rhs: Mat, beta: f32, parallel: bool) {
     if m == 0 || n == 0 {
         return;
     }
-    assert!(dst.len() >= m * n, "gemm_par: dst too short");
+    let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
+    assert!(last(dst_rs, 1, m, n) < dst.len(), "gemm_strided: dst too short");
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(0.0);
+            for r in 0..m {
+                dst[r * dst_rs..r * dst_rs + n].fill(0.0);
+            }
         }
         return;
     }
-    let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
-    assert!(last(lhs_rs, lhs_cs, m, k) < lhs.len() && last(rhs_rs, rhs_cs, k, n) < rhs.len(), "gemm_par: operand too short");
-    // SAFETY: bounds asserted above; dst is row-major m × n and does not alias the operands.
+    assert!(
+        last(lhs.rs, lhs.cs, m, k) < lhs.data.len() && last(rhs.rs, rhs.cs, k, n) < rhs.data.len(),
+        "gemm_strided: operand too short"
+    );
+    let par = if parallel { gemm::Parallelism::Rayon(rayon::current_num_threads()) } else { gemm::Parallelism::None };
+    // SAFETY: the asserts above keep every element the strides reach inside the slices; dst does not alias them.
     unsafe {
         gemm::gemm(
             m,
@@ -91,20 +106,20 @@ fn gemm_par(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
             1.0,
-            1.0,
+            beta,
             false,
             false,
             false,
-            threads(),
+            par,
         );
     }
 }
@@ -121,7 +136,7 @@ impl LinearOp {
             y.par_chunks_mut(n * ROWS_PER_TASK).for_each(|c| c.chunks_mut(n).for_each(|r| r.copy_from_slice(b)));
         }
         // x [rows, k] · Wᵀ: W is [n, k] row-major, read as [k, n] (row stride 1, column stride k).
-        gemm_par(rows, n, k, &mut y, b.is_some(), x, k, 1, w, 1, k);
+        gemm_strided(rows, n, k, &mut y, n, b.is_some(), mat(x, k, 1), mat(w, 1, k), 1.0, true);
         Ok((CpuStorage::F32(y), Shape::from((rows, n))))
     }
 
@@ -183,9 +198,9 @@ impl CustomOp3 for LinearBwd {
         let (dx, rest) = out.split_at_mut(rows * k);
         let (dw, db) = rest.split_at_mut(n * k);
         // dx [rows, k] = g [rows, n] · W [n, k]
-        gemm_par(rows, k, n, dx, false, g, n, 1, w, k, 1);
+        gemm_strided(rows, k, n, dx, k, false, mat(g, n, 1), mat(w, k, 1), 1.0, true);
         // dW [n, k] = gᵀ [n, rows] · x [rows, k]
-        gemm_par(n, k, rows, dw, false, g, 1, n, x, k, 1);
+        gemm_strided(n, k, rows, dw, k, false, mat(g, 1, n), mat(x, k, 1), 1.0, true);
         if self.bias {
             // db = Σ_rows g, in fixed row chunks summed in order (deterministic).
             let partials: Vec<Vec<f32>> = g
@@ -295,48 +310,6 @@ struct AttentionBwd<'a> {
     g: Tensor,
 }
 
-/// `dst (m × n, row stride dst_rs) = beta · lhs (m × k) · rhs (k × n)`, single-threaded (called per head, in
-/// parallel over heads). Strides in elements; every index the shapes and strides reach must be in bounds.
-#[allow(clippy::too_many_arguments)]
-fn gemm_into(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, lhs: &[f32], lhs_rs: usize, lhs_cs: usize, rhs: &[f32], rhs_rs: usize, rhs_cs: usize, beta: f32) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
-    assert!(last(dst_rs, 1, m, n) < dst.len(), "gemm_into: dst too short");
-    if k == 0 {
-        for r in 0..m {
-            dst[r * dst_rs..r * dst_rs + n].fill(0.0);
-        }
-        return;
-    }
-    assert!(last(lhs_rs, lhs_cs, m, k) < lhs.len() && last(rhs_rs, rhs_cs, k, n) < rhs.len(), "gemm_into: operand too short");
-    // SAFETY: the asserts above keep every element the strides reach inside the slices; dst does not alias them.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            false,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            0.0,
-            beta,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
 impl CustomOp3 for AttentionBwd<'_> {
     fn name(&self) -> &'static str {
         "fgclip-attention-bwd"
@@ -366,7 +339,7 @@ impl CustomOp3 for AttentionBwd<'_> {
                 let gh = &g[bi * nq * d + h * dh..];
                 // P = softmax(scale·Q Kᵀ + mask), recomputed.
                 let mut p = vec![0f32; nq * nk];
-                gemm_into(nq, nk, dh, &mut p, nk, qh, d, 1, kh, 1, d, scale);
+                gemm_strided(nq, nk, dh, &mut p, nk, false, mat(qh, d, 1), mat(kh, 1, d), scale, false);
                 for i in 0..nq {
                     let row = &mut p[i * nk..(i + 1) * nk];
                     let seen = match &self.fwd.mask {
@@ -390,10 +363,10 @@ impl CustomOp3 for AttentionBwd<'_> {
                 }
                 // dV = Pᵀ dO
                 let mut dv = vec![0f32; nk * dh];
-                gemm_into(nk, dh, nq, &mut dv, dh, &p, 1, nk, gh, d, 1, 1.0);
+                gemm_strided(nk, dh, nq, &mut dv, dh, false, mat(&p, 1, nk), mat(gh, d, 1), 1.0, false);
                 // dP = dO Vᵀ, then dS = P ⊙ (dP − rowsum(dO ⊙ O)) in place
                 let mut ds = vec![0f32; nq * nk];
-                gemm_into(nq, nk, dh, &mut ds, nk, gh, d, 1, vh, 1, d, 1.0);
+                gemm_strided(nq, nk, dh, &mut ds, nk, false, mat(gh, d, 1), mat(vh, 1, d), 1.0, false);
                 for i in 0..nq {
                     let di: f32 = (0..dh).map(|c| gh[i * d + c] * oh[i * d + c]).sum();
                     for (x, &pp) in ds[i * nk..(i + 1) * nk].iter_mut().zip(&p[i * nk..(i + 1) * nk]) {
@@ -402,9 +375,9 @@ impl CustomOp3 for AttentionBwd<'_> {
                 }
                 // dQ = scale · dS K, dK = scale · dSᵀ Q
                 let mut dq = vec![0f32; nq * dh];
-                gemm_into(nq, dh, nk, &mut dq, dh, &ds, nk, 1, kh, d, 1, scale);
+                gemm_strided(nq, dh, nk, &mut dq, dh, false, mat(&ds, nk, 1), mat(kh, d, 1), scale, false);
                 let mut dk = vec![0f32; nk * dh];
-                gemm_into(nk, dh, nq, &mut dk, dh, &ds, 1, nk, qh, d, 1, scale);
+                gemm_strided(nk, dh, nq, &mut dk, dh, false, mat(&ds, 1, nk), mat(qh, d, 1), scale, false);
                 (dq, dk, dv)
             })
             .collect();
