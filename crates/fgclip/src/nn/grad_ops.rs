@@ -1,5 +1,5 @@
-//! Training-path CPU ops with hand-written backward passes: multi-head attention, LayerNorm, softmax over the
-//! last dimension and QuickGELU, each one fused op forward and one backward.
+//! Training-path CPU ops with hand-written backward passes: multi-head attention, Linear, LayerNorm, softmax over
+//! the last dimension and QuickGELU, each one fused op forward and one backward.
 //!
 //! Why: composed from candle's elementwise ops, a LayerNorm is ~8 tensor passes forward and ~20 backward, a
 //! softmax 5 and ~8, QuickGELU 4 and ~8 — each pass allocating a fresh tensor and (for the small ones) waking the
@@ -7,9 +7,10 @@
 //! step those passes, not the GEMMs, were most of the time (BENCHMARKS.md, training). The math is the textbook
 //! one; `tests` below check value and gradient against the composed ops.
 //!
-//! Only for contiguous f32 CPU tensors ([`usable`]); other devices and dtypes keep the composed ops. Every
-//! reduction runs over fixed-size row chunks summed in order, so results do not depend on the thread count or
-//! scheduling (the trainer's resume test compares runs bit for bit).
+//! Only for contiguous f32 CPU tensors ([`usable`]); other devices and dtypes keep the composed ops. Our own
+//! reductions run over fixed-size row chunks summed in order and the GEMMs are the `gemm` crate's (as candle's
+//! matmul), so repeated runs give the same bits whatever the scheduling (the trainer's resume test compares runs
+//! bit for bit).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use fgclip_kernels::attention::{attention_f32, AttnMask, AttnShape};
