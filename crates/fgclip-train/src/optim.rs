@@ -78,6 +78,12 @@ impl AdamW {
     /// One update at learning rate `lr` with the gradients in `grads` (parameters without a gradient are left
     /// alone, as torch does for `grad is None`). `grad_scale` multiplies every gradient first (1/accumulation).
     pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
+        self.step_with(grads, lr, grad_scale, true)
+    }
+
+    /// [`step`](Self::step); `in_place = false` forces the tensor-op form that non-CPU devices use (tests
+    /// compare the two).
+    fn step_with(&mut self, grads: &GradStore, lr: f64, grad_scale: f64, in_place: bool) -> Result<()> {
         let c = self.cfg;
         let t = (self.step + 1) as i32;
         let bc1 = 1.0 - c.beta1.powi(t);
@@ -86,7 +92,7 @@ impl AdamW {
             let Some(g) = grads.get(s.var.as_tensor()) else { continue };
             let wd = if s.decay { c.weight_decay } else { 0.0 };
             let p = s.var.as_tensor();
-            if p.device().is_cpu() && p.dtype() == DType::F32 && p.is_contiguous() {
+            if in_place && p.device().is_cpu() && p.dtype() == DType::F32 && p.is_contiguous() {
                 // In place, three passes, no allocation (the tensor-op form below makes ~12 allocating passes
                 // over every parameter; for FG-CLIP-base that is several GB of memory traffic per update).
                 let g = g.to_dtype(DType::F32)?.contiguous()?;
@@ -146,19 +152,7 @@ impl AdamW {
     }
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("AdamW: {what} must be a contiguous f32 tensor"),
-    }
-}
-
-fn contiguous_f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a mut [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
-        _ => candle_core::bail!("AdamW: {what} must be a contiguous f32 tensor"),
-    }
-}
+use fgclip::nn::grad_ops::{f32_slice, f32_slice_mut};
 
 /// Elements per parallel chunk of the in-place updates.
 const CHUNK: usize = 1 << 16;
@@ -182,8 +176,8 @@ impl InplaceOp2 for MomentOp {
     }
 
     fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, g: &CpuStorage, g_l: &Layout) -> candle_core::Result<()> {
-        let dst = contiguous_f32_mut(dst, dst_l, "moment")?;
-        let g = contiguous_f32(g, g_l, "gradient")?;
+        let dst = f32_slice_mut(dst, dst_l, "AdamW moment")?;
+        let g = f32_slice(g, g_l, "AdamW gradient")?;
         if g.len() != dst.len() {
             candle_core::bail!("AdamW: gradient has {} elements, the moment {}", g.len(), dst.len());
         }
@@ -214,9 +208,9 @@ impl InplaceOp3 for Update {
     }
 
     fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, m: &CpuStorage, m_l: &Layout, v: &CpuStorage, v_l: &Layout) -> candle_core::Result<()> {
-        let p = contiguous_f32_mut(dst, dst_l, "parameter")?;
-        let m = contiguous_f32(m, m_l, "first moment")?;
-        let v = contiguous_f32(v, v_l, "second moment")?;
+        let p = f32_slice_mut(dst, dst_l, "AdamW parameter")?;
+        let m = f32_slice(m, m_l, "AdamW first moment")?;
+        let v = f32_slice(v, v_l, "AdamW second moment")?;
         if m.len() != p.len() || v.len() != p.len() {
             candle_core::bail!("AdamW: moments do not match the parameter's {} elements", p.len());
         }
@@ -296,28 +290,7 @@ mod tests {
             for step in 0..4 {
                 let loss = (w.as_tensor().sqr().unwrap().sum_all().unwrap() + b.as_tensor().sin().unwrap().sum_all().unwrap()).unwrap();
                 let grads = loss.backward().unwrap();
-                if in_place {
-                    opt.step(&grads, 0.01 * (step + 1) as f64, 0.5).unwrap();
-                } else {
-                    // The same update through the tensor-op form: a non-contiguous view of each parameter is
-                    // what routes a Var there, so emulate it by running the form directly.
-                    let c = opt.cfg;
-                    let t = (opt.step + 1) as i32;
-                    let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
-                    let lr = 0.01 * (step + 1) as f64;
-                    for s in &mut opt.slots {
-                        let g = (grads.get(s.var.as_tensor()).unwrap() * 0.5).unwrap();
-                        let m = ((&s.m * c.beta1).unwrap() + (&g * (1.0 - c.beta1)).unwrap()).unwrap();
-                        let v = ((&s.v * c.beta2).unwrap() + (g.sqr().unwrap() * (1.0 - c.beta2)).unwrap()).unwrap();
-                        let upd = ((&m / bc1).unwrap() / ((&v / bc2).unwrap().sqrt().unwrap() + c.eps).unwrap()).unwrap();
-                        let wd = if s.decay { c.weight_decay } else { 0.0 };
-                        let p = (s.var.as_tensor() * (1.0 - lr * wd)).unwrap();
-                        s.var.set(&(p - (upd * lr).unwrap()).unwrap()).unwrap();
-                        s.m = m;
-                        s.v = v;
-                    }
-                    opt.step += 1;
-                }
+                opt.step_with(&grads, 0.01 * (step + 1) as f64, 0.5, in_place).unwrap();
             }
             let mut out = w.as_tensor().to_vec1::<f32>().unwrap();
             out.extend(b.as_tensor().to_vec1::<f32>().unwrap());

@@ -34,10 +34,20 @@ pub fn usable(ts: &[&Tensor]) -> bool {
     ENABLED.load(std::sync::atomic::Ordering::Relaxed) && ts.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+/// The elements of a contiguous f32 CPU storage as a slice (custom ops' inputs); `what` names it in errors.
+pub fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else { candle_core::bail!("{what}: expected f32 storage") };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{what}: input must be contiguous"),
+    }
+}
+
+/// [`f32_slice`] for the destination of an in-place op.
+pub fn f32_slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> Result<&'a mut [f32]> {
+    let CpuStorage::F32(v) = s else { candle_core::bail!("{what}: expected f32 storage") };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&mut v[a..b]),
         None => candle_core::bail!("{what}: input must be contiguous"),
     }
 }
