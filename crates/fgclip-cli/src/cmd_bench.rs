@@ -255,12 +255,15 @@ fn bench_preprocess(which: &str, b: usize, a: &Args) -> Result<(Measured, f64)> 
     Ok((m, 0.0))
 }
 
-/// The official `config.json` of the workload's model (built on `w` to check that it loads).
-fn config_json(wl: &str, w: &Weights) -> Result<serde_json::Value> {
-    Ok(if wl.starts_with("fgclip-") || wl.starts_with("train-fgclip-") {
-        let large = wl.contains("large");
-        let cfg = v1_config(large)?;
-        FgClip::load(w, &cfg)?;
+/// Whether the workload runs an FG-CLIP (v1) model.
+fn is_v1(wl: &str) -> bool {
+    wl.starts_with("fgclip-") || wl.starts_with("train-fgclip-")
+}
+
+/// The official `config.json` of the workload's model.
+fn config_json(wl: &str) -> Result<serde_json::Value> {
+    Ok(if is_v1(wl) {
+        let cfg = v1_config(wl.contains("large"))?;
         let (v, t) = (&cfg.vision, &cfg.text);
         serde_json::json!({
             "architectures": ["FGCLIPModel"], "model_type": "clip", "projection_dim": cfg.projection_dim,
@@ -271,7 +274,6 @@ fn config_json(wl: &str, w: &Weights) -> Result<serde_json::Value> {
         })
     } else {
         let cfg = v2_config()?;
-        FgClip2::load(w, &cfg)?;
         let (v, t) = (&cfg.vision, &cfg.text);
         serde_json::json!({
             "architectures": ["FG_CLIP2_Model"], "model_type": "fgclip2",
@@ -287,8 +289,14 @@ fn config_json(wl: &str, w: &Weights) -> Result<serde_json::Value> {
 /// Writes the workload's model with random weights as an official-layout checkpoint (for RSS and end-to-end
 /// measurements of the CLI at real sizes).
 fn write_checkpoint(wl: &str, dir: &std::path::Path, tokenizer_from: Option<&std::path::Path>) -> Result<()> {
+    // Building the model on random weights records every tensor it needs, with its shape.
     let w = Weights::random(0.02, DType::F32, &Device::Cpu);
-    let config = config_json(wl, &w)?;
+    if is_v1(wl) {
+        FgClip::load(&w, &v1_config(wl.contains("large"))?)?;
+    } else {
+        FgClip2::load(&w, &v2_config()?)?;
+    }
+    let config = config_json(wl)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
     let tensors: std::collections::BTreeMap<String, Tensor> = w.recorded().into_iter().collect();
@@ -322,7 +330,7 @@ fn bench_train(b: usize, a: &Args, device: &Device) -> Result<(Measured, f64)> {
     crate::common::keep_freed_memory_for_reuse();
     let dir = std::env::temp_dir().join(format!("fgclip-bench-train-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let config = config_json("train-fgclip-base", &Weights::random(0.02, DType::F32, &Device::Cpu))?;
+    let config = config_json("train-fgclip-base")?;
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
     let model = Trainable::from_scratch(&dir.join("config.json"), vec![], 0, device);
     let _ = std::fs::remove_dir_all(&dir);
