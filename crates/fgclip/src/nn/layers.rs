@@ -97,7 +97,7 @@ pub struct Act(pub Activation);
 impl Module for Act {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
         match self.0 {
-            Activation::QuickGelu if super::grad_ops::usable(&[x]) => super::grad_ops::quick_gelu(x),
+            Activation::QuickGelu if x.track_op() && super::grad_ops::usable(&[x]) => super::grad_ops::quick_gelu(x),
             Activation::QuickGelu => x.mul(&candle_nn::ops::sigmoid(&(x * 1.702)?)?),
             Activation::GeluTanh => x.gelu(),
             Activation::Gelu => x.gelu_erf(),
