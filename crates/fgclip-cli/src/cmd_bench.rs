@@ -31,9 +31,9 @@ pub struct Args {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// f32, f16 or bf16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    /// f32 (parity reference) or bf16 (bf16 matrix products, f32 accumulation).
+    #[arg(long, default_value = "f32", visible_alias = "dtype")]
+    pub precision: String,
     /// Instead of timing, write a random checkpoint of the workload's model in the official layout
     /// (config.json + model.safetensors; tokenizer files are copied from --tokenizer-from) into this folder.
     #[arg(long)]
@@ -41,10 +41,10 @@ pub struct Args {
     /// Folder whose tokenizer files are copied next to a written checkpoint.
     #[arg(long)]
     pub tokenizer_from: Option<std::path::PathBuf>,
-    /// Use the plain differentiable ops instead of the fused CPU kernels (to measure what they buy); for the
-    /// train workloads, candle's composed ops instead of our fused LayerNorm / softmax / GELU with backward.
-    #[arg(long)]
-    pub no_fast: bool,
+    /// Run candle's reference ops instead of the fused CPU kernels (to measure what they buy); for the train
+    /// workloads, candle's composed ops instead of our fused LayerNorm / softmax / GELU with backward.
+    #[arg(long, visible_alias = "no-fast")]
+    pub reference: bool,
     /// List the workloads and exit.
     #[arg(long)]
     pub list: bool,
@@ -130,24 +130,16 @@ pub fn run(a: Args) -> Result<()> {
     // Must happen before the first parallel op initialises the thread pool.
     std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
     let device = crate::common::parse_device(&a.device)?;
-    let dtype = crate::common::parse_dtype(&a.dtype)?;
+    let precision: fgclip::Precision = a.precision.parse()?;
     let batches: Vec<usize> =
         a.batch.split(',').map(|s| s.trim().parse::<usize>()).collect::<std::result::Result<_, _>>().context("--batch: comma-separated numbers")?;
     if batches.contains(&0) {
         bail!("--batch sizes must be at least 1");
     }
-    // As `Model::load` does: on the CPU, bf16 means f32 tensors with bf16 GEMMs inside the fast path.
-    use fgclip::nn::fast::GemmPrecision;
-    let cpu = device.is_cpu();
-    let fast = if cpu && !a.no_fast {
-        Some(if dtype == DType::BF16 { GemmPrecision::Bf16 } else { GemmPrecision::F32 })
-    } else {
-        None
-    };
-    if cpu && dtype == DType::BF16 && fast.is_none() {
-        bail!("bf16 on the CPU needs the fast path");
-    }
-    let dtype = if cpu && dtype == DType::BF16 { DType::F32 } else { dtype };
+    // The same plan `Model::load` makes: fused kernels unless --reference.
+    let kernels = if a.reference { fgclip::Kernels::Reference } else { fgclip::Kernels::Auto };
+    let plan = fgclip::ExecutionPlan::inference(&device, precision, kernels, None)?;
+    let dtype = plan.weight_dtype();
     let w = Weights::random(0.02, dtype, &device);
     let wl = a.workload.as_str();
     if let Some(dir) = &a.write_checkpoint {
@@ -160,8 +152,7 @@ pub fn run(a: Args) -> Result<()> {
             bench_train(b, &a, &device)?
         } else if wl.starts_with("fgclip-") {
             let cfg = v1_config(wl.contains("large"))?;
-            let mut model = FgClip::load(&w, &cfg)?;
-            model.set_fast(fast)?;
+            let model = FgClip::load(&w, &cfg, &plan)?;
             if wl.ends_with("image") {
                 let s = cfg.vision.image_size;
                 let pv = Tensor::randn(0f32, 1.0, (b, 3, s, s), &device)?.to_dtype(dtype)?;
@@ -174,8 +165,7 @@ pub fn run(a: Args) -> Result<()> {
             }
         } else {
             let cfg = v2_config()?;
-            let mut model = FgClip2::load(&w, &cfg)?;
-            model.set_fast(fast)?;
+            let model = FgClip2::load(&w, &cfg, &plan)?;
             let n: usize = wl.rsplit('-').next().unwrap().parse()?;
             if wl.contains("image") {
                 let g = (n as f64).sqrt() as usize;
@@ -196,7 +186,7 @@ pub fn run(a: Args) -> Result<()> {
             println!(
                 "{}",
                 serde_json::json!({
-                    "impl": "fgclip-rs", "workload": wl, "batch": b, "threads": a.threads, "device": a.device, "dtype": a.dtype,
+                    "impl": "fgclip-rs", "workload": wl, "batch": b, "threads": a.threads, "device": a.device, "dtype": a.precision, "cpu_kernels": plan.isa.name(),
                     "items_per_s": m.items_per_s, "latency_ms_median": m.latency_ms_median, "iterations": m.iterations,
                     "peak_rss_mib": rss, "flops_per_item": flops_per_item, "achieved_gflops": gflops,
                 })
@@ -291,10 +281,11 @@ fn config_json(wl: &str) -> Result<serde_json::Value> {
 fn write_checkpoint(wl: &str, dir: &std::path::Path, tokenizer_from: Option<&std::path::Path>) -> Result<()> {
     // Building the model on random weights records every tensor it needs, with its shape.
     let w = Weights::random(0.02, DType::F32, &Device::Cpu);
+    let plan = fgclip::ExecutionPlan::inference(&Device::Cpu, fgclip::Precision::F32, fgclip::Kernels::Reference, None)?;
     if is_v1(wl) {
-        FgClip::load(&w, &v1_config(wl.contains("large"))?)?;
+        FgClip::load(&w, &v1_config(wl.contains("large"))?, &plan)?;
     } else {
-        FgClip2::load(&w, &v2_config()?)?;
+        FgClip2::load(&w, &v2_config()?, &plan)?;
     }
     let config = config_json(wl)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -318,15 +309,13 @@ fn write_checkpoint(wl: &str, dir: &std::path::Path, tokenizer_from: Option<&std
 /// FLOPs per sample = 3 × the forward's (backward ≈ 2 × forward).
 fn bench_train(b: usize, a: &Args, device: &Device) -> Result<(Measured, f64)> {
     use fgclip_train::optim::{AdamW, AdamWConfig};
-    use fgclip_train::trainable::{Towers, Trainable};
-    if a.dtype != "f32" {
+    use fgclip_train::trainable::Trainable;
+    if a.precision != "f32" {
         bail!("train workloads run in f32 (the bf16 CPU mode is inference-only)");
     }
     if b < 2 {
         bail!("train workloads need --batch ≥ 2 (a contrastive loss over one pair is constant)");
     }
-    // --no-fast: the composed candle ops instead of our fused training ops (to measure what those buy).
-    fgclip::nn::grad_ops::set_enabled(!a.no_fast);
     crate::common::keep_freed_memory_for_reuse();
     let dir = std::env::temp_dir().join(format!("fgclip-bench-train-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -334,8 +323,9 @@ fn bench_train(b: usize, a: &Args, device: &Device) -> Result<(Measured, f64)> {
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
     let model = Trainable::from_scratch(&dir.join("config.json"), vec![], 0, device);
     let _ = std::fs::remove_dir_all(&dir);
-    let model = model?;
-    let Towers::V1(m) = &model.towers else { bail!("train-fgclip-base builds an FG-CLIP model") };
+    // --reference: the composed candle ops instead of our fused training ops (to measure what those buy).
+    let model = model?.with_kernels(if a.reference { fgclip::Kernels::Reference } else { fgclip::Kernels::Auto })?;
+    let Some(m) = model.towers.as_any().downcast_ref::<FgClip>() else { bail!("train-fgclip-base builds an FG-CLIP model") };
     let cfg = v1_config(false)?;
     let long = m.text_model.long_len;
     let s = cfg.vision.image_size;

@@ -3,14 +3,12 @@
 //! Region features come from one vision-tower pass (`dense_features`) followed by RoIAlign on the dense map
 //! (`regions_from_dense`), boxes in original-image pixels. Labels are embedded with the box walk on FG-CLIP 2
 //! (its `boxtext_head`) and the short walk on FG-CLIP (which has no box head). The score is
-//! `softmax(100·cos)` over the labels, as the official region evals compute it (spec §3.4, §7.2); it ranks
-//! exactly as the cosine does.
+//! `softmax(100·cos)` over the labels, as the official region evaluations compute it (docs/models.md); it ranks
+//! exactly as the cosine does. The work is `fgclip::tasks::label_boxes`; this file parses, prints and draws.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use candle_core::DType;
-use fgclip::config::Family;
 use fgclip::TextWalk;
 
 use crate::common::{self, ModelArgs};
@@ -46,30 +44,11 @@ pub struct Args {
     pub json: bool,
 }
 
-/// The outcome for one box.
-struct BoxResult {
-    bx: [f32; 4],
-    /// Scores over the labels (softmax of 100·cos) and cosines; `None` when the box gets no label.
-    scores: Option<(Vec<f32>, Vec<f32>)>,
-    /// Why there is no label.
-    note: Option<String>,
-}
-
-impl BoxResult {
-    /// (best, runner-up) label indices.
-    fn top2(&self) -> Option<(usize, Option<usize>)> {
-        let (s, _) = self.scores.as_ref()?;
-        let mut idx: Vec<usize> = (0..s.len()).collect();
-        idx.sort_by(|&i, &j| s[j].total_cmp(&s[i]));
-        Some((idx[0], idx.get(1).copied()))
-    }
-}
+use fgclip::tasks::BoxLabel as BoxResult;
 
 pub fn run(a: Args) -> Result<()> {
     let labels = common::read_labels(a.labels.as_deref(), a.labels_file.as_deref())?;
-    for t in &a.templates {
-        common::apply_template(t, "x")?;
-    }
+    common::check_templates(&a.templates)?;
     let boxes: Vec<[f32; 4]> = a
         .boxes
         .iter()
@@ -85,60 +64,19 @@ pub fn run(a: Args) -> Result<()> {
     let model = a.model.load()?;
     let family = model.family();
     let budget = common::patch_budget(a.max_patches, family)?;
-    let walk = match family {
-        Family::FgClip2 => TextWalk::Box,
-        Family::FgClip => TextWalk::Short,
-    };
+    let walk = model.region_walk();
     let prepared = model.prepare_images(std::slice::from_ref(&img), budget)?;
     let (size, grid) = (prepared.sizes[0], prepared.grids[0]);
-
-    // Validate every box before the tower pass; degenerate ones are set aside (no samples, no feature).
-    let mut degenerate: Vec<Option<String>> = vec![];
+    // Every box is checked before any tower pass, so the error names the flag as the user wrote it.
     for (k, b) in boxes.iter().enumerate() {
-        fgclip::model::pixel_box_to_grid(b, size, grid)
-            .map_err(|e| anyhow::anyhow!("--box #{} {}: {e}", k + 1, fmt_box(b)))?;
-        let why = if b[2] <= b[0] {
-            Some("degenerate box (x2 <= x1)")
-        } else if b[3] <= b[1] {
-            Some("degenerate box (y2 <= y1)")
-        } else {
-            None
-        };
-        if let Some(w) = why {
-            eprintln!("warning: --box #{} {}: {w}; it gets no label", k + 1, fmt_box(b));
-        }
-        degenerate.push(why.map(String::from));
+        fgclip::model::pixel_box_to_grid(b, size, grid).map_err(|e| anyhow::anyhow!("--box #{} {}: {e}", k + 1, fmt_box(b)))?;
     }
-    let valid: Vec<[f32; 4]> = boxes.iter().zip(&degenerate).filter(|(_, d)| d.is_none()).map(|(b, _)| *b).collect();
-
-    let mut feats: Vec<Vec<f32>> = vec![];
-    let mut text: Vec<Vec<f32>> = vec![];
-    if !valid.is_empty() {
-        let dense = model.dense_features(&prepared).context("computing dense features")?;
-        let regions = model.regions_from_dense(&dense, &prepared.sizes, &[valid])?;
-        feats = regions[0].to_dtype(DType::F32)?.to_vec2()?;
-        text = common::encode_labels(&model, &labels, &a.templates, walk)?.to_vec2()?;
-    }
-
-    let mut feats = feats.into_iter();
-    let mut results = vec![];
-    for (k, b) in boxes.iter().enumerate() {
-        if let Some(why) = &degenerate[k] {
-            results.push(BoxResult { bx: *b, scores: None, note: Some(why.clone()) });
-            continue;
+    let text = common::encode_labels(&model, &labels, &a.templates, walk)?;
+    let results = fgclip::tasks::label_boxes(&model, &img, &boxes, &text, budget).context("labelling the boxes")?;
+    for (k, r) in results.iter().enumerate() {
+        if let Some(why) = &r.note {
+            eprintln!("warning: --box #{} {}: {why}; it gets no label", k + 1, fmt_box(&r.bx));
         }
-        let f = feats.next().context("internal error: fewer region features than boxes")?;
-        let norm = f.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt();
-        if !(norm > 0.0 && norm.is_finite()) {
-            // All RoIAlign samples fell outside the feature map: there is nothing to compare.
-            let why = "the box lies outside the image (zero region feature)";
-            eprintln!("warning: --box #{} {}: {why}; it gets no label", k + 1, fmt_box(b));
-            results.push(BoxResult { bx: *b, scores: None, note: Some(why.into()) });
-            continue;
-        }
-        let cos: Vec<f32> =
-            text.iter().map(|t| (t.iter().zip(&f).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>() / norm) as f32).collect();
-        results.push(BoxResult { bx: *b, scores: Some((softmax_100(&cos), cos)), note: None });
     }
 
     if let Some(out) = &a.draw {
@@ -218,15 +156,6 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-/// softmax(100·cos), computed in f64 with the maximum subtracted (finite for any finite cosines).
-fn softmax_100(cos: &[f32]) -> Vec<f32> {
-    let z: Vec<f64> = cos.iter().map(|c| 100.0 * *c as f64).collect();
-    let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
-    let s: f64 = e.iter().sum();
-    e.iter().map(|v| (v / s) as f32).collect()
-}
-
 /// `[x1, y1, x2, y2]` without trailing zeros.
 fn fmt_box(b: &[f32; 4]) -> String {
     let f = |v: f32| if v.fract() == 0.0 && v.abs() < 1e9 { format!("{}", v as i64) } else { format!("{v:.1}") };
@@ -267,14 +196,6 @@ fn render(canvas: &mut image::RgbImage, results: &[BoxResult], labels: &[String]
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn softmax_is_finite_and_sums_to_one() {
-        let p = softmax_100(&[1.0, -1.0, 0.3]);
-        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert!(p.iter().all(|v| v.is_finite()));
-        assert_eq!(softmax_100(&[0.2]), vec![1.0]);
-    }
 
     #[test]
     fn box_formatting() {

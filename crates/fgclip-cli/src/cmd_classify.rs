@@ -3,13 +3,12 @@
 //! Scores are the family's own: logits from `Model::logits` (FG-CLIP `exp(logit_scale)·cos`, FG-CLIP 2
 //! `exp(logit_scale)·cos + logit_bias`) and probabilities from `Model::probabilities` (FG-CLIP: softmax over the
 //! labels, so they sum to 1; FG-CLIP 2: an independent sigmoid per label, as its sigmoid loss trains it). Labels are
-//! embedded with the short text walk (spec §7.4), through one or more prompt templates.
+//! embedded with the short text walk (docs/models.md#zero-shot-classification), through one or more prompt templates.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
-use fgclip::config::Family;
 use fgclip::TextWalk;
 
 use crate::common::{self, ModelArgs};
@@ -57,9 +56,7 @@ struct ImageScores {
 pub fn run(a: Args) -> Result<()> {
     // Cheap checks first, so a typo fails before the model loads.
     let labels = common::read_labels(a.labels.as_deref(), a.labels_file.as_deref())?;
-    for t in &a.templates {
-        common::apply_template(t, "x")?;
-    }
+    common::check_templates(&a.templates)?;
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -99,9 +96,10 @@ pub fn run(a: Args) -> Result<()> {
     pb.finish_and_clear();
 
     let k = if a.top == 0 { labels.len() } else { a.top.min(labels.len()) };
-    let prob_kind = match family {
-        Family::FgClip => "softmax",
-        Family::FgClip2 => "sigmoid",
+    let head = model.score_head();
+    let prob_kind = match head.normalizer {
+        fgclip::Normalizer::Softmax => "softmax",
+        fgclip::Normalizer::Sigmoid => "sigmoid",
     };
     if a.json {
         let images: Vec<serde_json::Value> = results
@@ -134,9 +132,9 @@ pub fn run(a: Args) -> Result<()> {
         return Ok(());
     }
 
-    let how = match family {
-        Family::FgClip => "softmax over the labels (they sum to 1)",
-        Family::FgClip2 => "an independent sigmoid per label (each in [0,1]; they need not sum to 1)",
+    let how = match head.normalizer {
+        fgclip::Normalizer::Softmax => "softmax over the labels (they sum to 1)",
+        fgclip::Normalizer::Sigmoid => "an independent sigmoid per label (each in [0,1]; they need not sum to 1)",
     };
     println!("{} · {} labels · probability = {how}", family.name(), labels.len());
     let width = labels.iter().take(1000).map(|l| l.chars().count()).max().unwrap_or(0).clamp(5, 40);

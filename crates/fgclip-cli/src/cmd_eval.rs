@@ -1,4 +1,4 @@
-//! `fgclip eval-fgovd`: FG-OVD fine-grained top-1 accuracy (spec §7.1) of a model on an FG-OVD jsonl file,
+//! `fgclip eval-fgovd`: FG-OVD fine-grained top-1 accuracy (docs/data.md#fg-ovd-evaluation) of a model on an FG-OVD jsonl file,
 //! the real benchmark's (`h_attributes_llava.jsonl`, ...) or `fgclip synth`'s `test_fgovd.jsonl`. Mirrors the
 //! official `fgovd_eval.py`; the scoring lives in `fgclip_train::eval`.
 

@@ -8,7 +8,6 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use candle_core::DType;
 use fgclip::config::Family;
 use fgclip::TextWalk;
 
@@ -63,34 +62,17 @@ pub fn run(a: Args) -> Result<()> {
     let model = a.model.load()?;
     let family = model.family();
     let budget = common::patch_budget(a.max_patches, family)?;
-    let walk = walk_arg.unwrap_or(match family {
-        Family::FgClip2 => TextWalk::Box,
-        Family::FgClip => TextWalk::Short,
-    });
+    let walk = walk_arg.unwrap_or(model.region_walk());
     let walk_name = if walk == TextWalk::Box { "box" } else { "short" };
     if family == Family::FgClip && walk == TextWalk::Box {
         eprintln!("warning: FG-CLIP has no box text head; --walk box uses the short walk");
     }
 
-    let prepared = model.prepare_images(std::slice::from_ref(&img), budget)?;
-    let dense = model.dense_features(&prepared).context("computing dense features")?;
-    let d = &dense[0];
-    let (rows, cols) = (d.rows, d.cols);
-    let patches = fgclip::nn::l2_normalize(&d.features.to_dtype(DType::F32)?)?;
-    let text = fgclip::nn::l2_normalize(&model.encode_texts(&[a.query.as_str()], walk)?.to_dtype(DType::F32)?)?;
-    let cos: Vec<f32> = patches.matmul(&text.t()?)?.flatten_all()?.to_vec1()?;
-    if cos.len() != rows * cols || cos.is_empty() {
-        bail!("internal error: dense map has {} cells for a {rows}x{cols} grid", cos.len());
-    }
-    if cos.iter().any(|v| !v.is_finite()) {
-        bail!("internal error: non-finite cosine in the dense map");
-    }
-
-    let (lo, hi) = cos.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), v| (l.min(*v), h.max(*v)));
-    let mean = (cos.iter().map(|v| *v as f64).sum::<f64>() / cos.len() as f64) as f32;
-    // First cell holding the maximum (row-major), and its centre in image pixels.
-    let peak = cos.iter().enumerate().fold(0, |best, (i, v)| if *v > cos[best] { i } else { best });
-    let (pr, pc) = (peak / cols, peak % cols);
+    let map = fgclip::tasks::heatmap(&model, &img, &a.query, walk, budget).context("computing the heatmap")?;
+    let (rows, cols, cos) = (map.rows, map.cols, &map.cosines);
+    let (lo, hi, mean) = map.stats();
+    let (pr, pc) = map.peak();
+    let peak = pr * cols + pc;
     let (w, h) = (img.width, img.height);
     let peak_xy = ((pc as f64 + 0.5) * w as f64 / cols as f64, (pr as f64 + 0.5) * h as f64 / rows as f64);
 

@@ -39,10 +39,17 @@ pub fn run(a: Args) -> Result<()> {
         "storage_dtypes": model.weights.storage_dtypes(),
         "text_len": { "short": model.text_len(TextWalk::Short), "long": model.text_len(TextWalk::Long), "box": model.text_len(TextWalk::Box) },
         "text_attention_mask": model.uses_text_mask(),
-        "image_mean": model.preprocess.mean,
-        "image_std": model.preprocess.std,
-        "logits": match model.family() { fgclip::config::Family::FgClip => "softmax(exp(logit_scale)·cos)", _ => "sigmoid(exp(logit_scale)·cos + logit_bias)" },
+        "image_mean": model.processor.mean,
+        "image_std": model.processor.std,
+        "logits": model.score_head().formula(),
     });
+    // The execution plan: how this model computes, decided once at load.
+    let mut plan: serde_json::Map<String, serde_json::Value> =
+        model.plan().describe().into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
+    for (part, how) in model.towers().describe_blocks() {
+        plan.insert(part.replace(' ', "_"), how.into());
+    }
+    j["plan"] = serde_json::Value::Object(plan);
     // Matmul FLOPs per input (see fgclip::flops).
     use fgclip::flops;
     j["gflops_per_input"] = match &model.config {
@@ -106,6 +113,12 @@ pub fn run(a: Args) -> Result<()> {
     println!("  text lengths      short {}  long {}  box {}", model.text_len(TextWalk::Short), model.text_len(TextWalk::Long), model.text_len(TextWalk::Box));
     println!("  text mask         {}", if model.uses_text_mask() { "yes (tokenizer returns attention_mask)" } else { "no" });
     println!("  logits            {}", j["logits"].as_str().unwrap_or(""));
+    for (k, v) in model.plan().describe() {
+        println!("  {:<17} {v}", format!("plan.{k}"));
+    }
+    for (part, how) in model.towers().describe_blocks() {
+        println!("  {:<17} {how}", format!("plan.{}", part.replace(' ', "_")));
+    }
     println!("  GFLOP per input   {}", j["gflops_per_input"]);
     println!("  vision            {}", j["vision"]);
     println!("  text              {}", j["text"]);

@@ -1,9 +1,9 @@
-//! Options shared by the subcommands (model, device, dtype) and small helpers.
+//! Options shared by the subcommands (model, device, precision, kernels) and small helpers.
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::Device;
 use clap::Args;
-use fgclip::{LoadOptions, Model, TextMask};
+use fgclip::{Isa, Kernels, LoadOptions, Model, Precision, TextMask};
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -13,9 +13,15 @@ pub struct ModelArgs {
     /// cpu (cuda / cuda:N need a CUDA build, which does not exist yet).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Compute dtype: f32 (parity reference), f16 or bf16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    /// f32 (the parity reference) or bf16 (bf16 matrix products with f32 accumulation; ~2e-3 from f32).
+    #[arg(long, default_value = "f32", visible_alias = "dtype")]
+    pub precision: String,
+    /// auto (the fused CPU kernels where they apply) or reference (candle's own ops, f32 only).
+    #[arg(long, default_value = "auto")]
+    pub kernels: String,
+    /// CPU kernel level: portable, avx2, avx512 or avx512bf16 (default: the richest this CPU has).
+    #[arg(long = "cpu", env = "FGCLIP_CPU", value_name = "LEVEL")]
+    pub cpu: Option<String>,
     /// FG-CLIP 2 text padding mask: auto (what the checkpoint's tokenizer returns, as the official usage), on, off.
     #[arg(long, default_value = "auto")]
     pub text_mask: String,
@@ -24,25 +30,29 @@ pub struct ModelArgs {
 impl ModelArgs {
     pub fn load(&self) -> Result<Model> {
         let device = parse_device(&self.device)?;
-        let dtype = parse_dtype(&self.dtype)?;
+        let precision: Precision = self.precision.parse().context("--precision")?;
+        let kernels = parse_kernels(&self.kernels)?;
+        let isa = match self.cpu.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            Some(c) => Some(Isa::parse(c).map_err(|e| anyhow::anyhow!("--cpu: {e}"))?),
+            None => None,
+        };
         let text_mask = match self.text_mask.as_str() {
             "auto" => TextMask::Auto,
             "on" => TextMask::On,
             "off" => TextMask::Off,
             m => bail!("unknown --text-mask {m:?} (expected auto, on or off)"),
         };
-        let opts = LoadOptions { device, dtype, text_mask, ..Default::default() };
+        let opts = LoadOptions { device, precision, kernels, isa, text_mask };
         Model::load(&self.model, &opts).with_context(|| format!("loading model {}", self.model))
     }
 }
 
-/// `--dtype`: f32, f16 or bf16.
-pub fn parse_dtype(s: &str) -> Result<DType> {
+/// `--kernels`: auto or reference.
+pub fn parse_kernels(s: &str) -> Result<Kernels> {
     match s {
-        "f32" => Ok(DType::F32),
-        "f16" => Ok(DType::F16),
-        "bf16" => Ok(DType::BF16),
-        d => bail!("unknown --dtype {d:?} (expected f32, f16 or bf16)"),
+        "auto" => Ok(Kernels::Auto),
+        "reference" => Ok(Kernels::Reference),
+        k => bail!("unknown --kernels {k:?} (expected auto or reference)"),
     }
 }
 
@@ -147,48 +157,20 @@ pub fn check_image_files(paths: &[std::path::PathBuf]) -> Result<()> {
     Ok(())
 }
 
-/// Fills a prompt template: every `{}` becomes the label. A template without `{}` is an error (it would give
-/// every label the same text).
-pub fn apply_template(template: &str, label: &str) -> Result<String> {
-    if !template.contains("{}") {
-        bail!("--template {template:?} must contain {{}} where the label goes");
+/// Checks `--template` values before any model is loaded.
+pub fn check_templates(templates: &[String]) -> Result<()> {
+    for t in templates {
+        fgclip::tasks::apply_template(t, "x").map_err(|e| anyhow::anyhow!("--template: {e}"))?;
     }
-    Ok(template.replace("{}", label))
+    Ok(())
 }
 
-/// L2-normalised text embeddings `[M, D]` of `labels`, one per label. With several templates, as the official
-/// zero-shot and box evals do: embed every template, normalise each, average, renormalise.
-pub fn encode_labels(
-    model: &Model,
-    labels: &[String],
-    templates: &[String],
-    walk: fgclip::TextWalk,
-) -> Result<candle_core::Tensor> {
-    use candle_core::{DType, Tensor};
+/// L2-normalised (template-averaged) label embeddings, errors phrased for the command line.
+pub fn encode_labels(model: &Model, labels: &[String], templates: &[String], walk: fgclip::TextWalk) -> Result<candle_core::Tensor> {
     if labels.is_empty() {
         bail!("the label list is empty: give --labels \"a,b,c\" or --labels-file F");
     }
-    if templates.is_empty() {
-        bail!("no --template given");
-    }
-    let mut texts = Vec::with_capacity(labels.len() * templates.len());
-    for l in labels {
-        for t in templates {
-            texts.push(apply_template(t, l)?);
-        }
-    }
-    let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
-    let mut parts = vec![];
-    for chunk in refs.chunks(256) {
-        parts.push(model.encode_texts(chunk, walk).context("encoding the label texts")?);
-    }
-    let all = fgclip::nn::l2_normalize(&Tensor::cat(&parts, 0)?.to_dtype(DType::F32)?)?;
-    if templates.len() == 1 {
-        return Ok(all);
-    }
-    let d = all.dim(1)?;
-    let mean = all.reshape((labels.len(), templates.len(), d))?.mean(1)?;
-    Ok(fgclip::nn::l2_normalize(&mean)?)
+    fgclip::tasks::encode_labels(model, labels, templates, walk).context("encoding the label texts")
 }
 
 /// For training: keep freed blocks of up to 32 MiB in the heap for reuse instead of returning them to the

@@ -17,11 +17,13 @@
 pub mod clip;
 mod decode;
 pub mod naflex;
+pub mod processor;
 pub mod resample;
 
 use std::path::PathBuf;
 
 pub use decode::{decode_rgb, load_rgb, MAX_IMAGE_PIXELS};
+pub use processor::{ImageProcessor, PatchBudget, PixelBatch, PixelLayout, ProcessorConfigError};
 
 /// An 8-bit RGB image, interleaved, row-major: `data[(y * width + x) * 3 + c]`.
 #[derive(Clone, PartialEq, Eq)]

@@ -81,9 +81,21 @@ pub enum Kernel {
     /// of itself when the CPU has those.
     Portable,
     /// The portable kernel without any runtime-detected CPU features (what non-x86 targets and old x86 CPUs
-    /// run); for tests.
-    #[doc(hidden)]
+    /// run).
     PortableBaseline,
+}
+
+impl Kernel {
+    /// The GEMM kernel of a CPU level chosen by the caller: AVX512-BF16 where it exists, the portable kernel's
+    /// AVX2+FMA build on AVX2 and AVX-512 CPUs, the plain portable kernel below.
+    pub fn for_isa(isa: crate::cpu::Isa) -> Kernel {
+        use crate::cpu::Isa;
+        match isa {
+            Isa::Avx512Bf16 => Kernel::Avx512Bf16,
+            Isa::Avx2 | Isa::Avx512 => Kernel::Portable,
+            Isa::Portable => Kernel::PortableBaseline,
+        }
+    }
 }
 
 /// True when the AVX512-BF16 kernel can run on this CPU (runtime detection; false on non-x86_64).

@@ -1,18 +1,18 @@
-//! One training batch in the layout of the official collators (`DataCollatorForSupervisedDataset`, spec §5.4):
+//! One training batch in the layout of the official collators (`DataCollatorForSupervisedDataset`, docs/data.md#training-batch-layout):
 //! fixed 4 box slots per sample, valid counts, hard boxes packed to the front slots, hard texts as
 //! `[11·N_h, L]` (positive first, then 10 negatives).
 //!
 //! [`Collator`] builds it from records and decoded images exactly as the official per-sample
 //! `LazySupervisedBboxDataset.__getitem__` + `DataCollatorForSupervisedDataset.__call__` do (FG-CLIP: branch v1.0
 //! `fgclip/train/train_fgclip.py`; FG-CLIP 2: branch main `fgclip2/train/train_fgclip2.py`, NaFlex path), spec
-//! §5.2–§5.4, §10.3, §10.18, §10.19.
-
-use std::path::Path;
+//! docs/losses.md, docs/data.md#training-batch-layout, docs/tokenizer.md#lower-casing,
+//! docs/preprocessing.md#training-collator.
 
 use candle_core::{Device, Tensor};
 use fgclip::config::{Family, ModelConfig};
-use fgclip::fgclip_image::{self, naflex, RgbImage};
+use fgclip::fgclip_image::{ImageProcessor, PatchBudget, RgbImage};
 use fgclip::hub::ModelFiles;
+use fgclip::PreparedImages;
 use fgclip::tokenize::{TextTokenizer, TokenizerOptions};
 use rand::RngCore;
 use rayon::prelude::*;
@@ -25,19 +25,13 @@ pub const BOX_SLOTS: usize = 4;
 /// Captions per hard box: the positive and its 10 negatives.
 pub const HARD_CAPTIONS: usize = 11;
 
-/// The images of a batch.
-#[derive(Debug, Clone)]
-pub enum Pixels {
-    /// FG-CLIP: `[B, 3, S, S]` squashed and normalised (the `image` field).
-    Fixed(Tensor),
-    /// FG-CLIP 2 NaFlex: patches `[B, P, 3·p·p]`, validity `[B, P]` as f32 (1 = real patch), grids (rows, cols).
-    Naflex { pixel_values: Tensor, valid: Tensor, grids: Vec<(usize, usize)> },
-}
-
 /// A collated batch. Text tensors hold u32 token ids.
 #[derive(Debug, Clone)]
 pub struct Batch {
-    pub pixels: Pixels,
+    /// The images, as the model's image processor prepares them (the same type inference uses): FG-CLIP
+    /// `[B, 3, S, S]` (the official `image` field); FG-CLIP 2 NaFlex patches `[B, P, 3·p·p]` padded to the
+    /// batch's budget, with the `[B, P]` validity mask and each image's grid.
+    pub pixels: PreparedImages,
     /// `[B, L_long]` long captions (FG-CLIP 2: lower-cased). `None` when the data has no long captions.
     pub text_long: Option<Tensor>,
     /// `[B, L_short]` short captions ("a photo of " + short caption for EN).
@@ -83,7 +77,7 @@ fn valid_slots(nums: &[usize]) -> Vec<usize> {
 
 /// The official `"a photo of "` prefix of English short captions.
 pub const SHORT_PREFIX: &str = "a photo of ";
-/// FG-CLIP 2: images with a side below this are squashed to `box_image_size`² first (§10.18).
+/// FG-CLIP 2: images with a side below this are squashed to `box_image_size`² first (docs/preprocessing.md#training-collator).
 pub const MIN_IMAGE_SIDE: usize = 128;
 /// FG-CLIP 2: the official collator's stand-in for an image that cannot be processed (black, 384×384).
 pub const FAILED_IMAGE_SIDE: usize = 384;
@@ -96,18 +90,14 @@ pub struct CollateConfig {
     pub long_len: usize,
     /// Short / box / hard caption length (FG-CLIP `base_seq_length` 77; FG-CLIP 2 64).
     pub short_len: usize,
-    /// FG-CLIP: the squash size `base_image_size`.
-    pub image_size: usize,
-    /// FG-CLIP: the CLIP processor's `shortest_edge`/crop when it differs from `image_size` (then the squashed
-    /// image is resized + center-cropped again, as `CLIPImageProcessor` would); `None` = the same (no-op).
-    pub processor_size: Option<usize>,
-    /// FG-CLIP 2: `box_image_size` (512 in the stage-2 script).
-    pub box_image_size: usize,
-    /// FG-CLIP 2 NaFlex patch size (16).
-    pub patch_size: usize,
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
+    /// The image processor (the one inference uses), with the collator's budget and small-image rules.
+    pub processor: ImageProcessor,
+    /// Side of the black stand-in for an image that cannot be loaded.
+    pub failed_image_side: usize,
 }
+
+/// FG-CLIP 2's stage-2 `box_image_size`: small images are squashed to this square first.
+pub const BOX_IMAGE_SIZE: usize = 512;
 
 impl CollateConfig {
     /// The official settings for a model: FG-CLIP squashes to the vision tower's `image_size` and uses 77 / 248
@@ -118,25 +108,25 @@ impl CollateConfig {
                 family: Family::FgClip,
                 long_len: 4 * c.text.max_position_embeddings - 3 * 20,
                 short_len: c.text.max_position_embeddings,
-                image_size: c.vision.image_size,
-                processor_size: None,
-                box_image_size: 0,
-                patch_size: c.vision.patch_size,
-                mean: fgclip_image::clip::OPENAI_MEAN,
-                std: fgclip_image::clip::OPENAI_STD,
+                processor: ImageProcessor::square(c.vision.image_size, c.vision.patch_size),
+                failed_image_side: c.vision.image_size,
             },
             ModelConfig::FgClip2(c) => CollateConfig {
                 family: Family::FgClip2,
                 long_len: c.text.longtext_len,
                 short_len: c.text.max_position_embeddings,
-                image_size: 0,
-                processor_size: None,
-                box_image_size: 512,
-                patch_size: c.vision.patch_size,
                 // `Siglip2ImageProcessor()` defaults, whatever the checkpoint's processor says.
-                mean: naflex::FGCLIP2_MEAN,
-                std: naflex::FGCLIP2_STD,
+                processor: ImageProcessor::naflex(c.vision.patch_size).with_small_image_squash(MIN_IMAGE_SIDE, BOX_IMAGE_SIZE),
+                failed_image_side: FAILED_IMAGE_SIDE,
             },
+        }
+    }
+
+    /// The collator's patch budget: FG-CLIP 2's official collator takes the bucket of the largest image.
+    fn budget(&self) -> PatchBudget {
+        match self.family {
+            Family::FgClip => PatchBudget::Dynamic,
+            Family::FgClip2 => PatchBudget::BatchMax,
         }
     }
 }
@@ -166,11 +156,12 @@ impl Collator {
                     .into(),
             ));
         }
-        let sizes_ok = match cfg.family {
-            Family::FgClip => cfg.image_size > 0 && cfg.processor_size != Some(0),
-            Family::FgClip2 => cfg.patch_size > 0 && cfg.box_image_size > 0,
-        };
-        if !sizes_ok || cfg.short_len == 0 || cfg.long_len == 0 {
+        let sizes_ok = cfg.processor.patch > 0
+            && match cfg.processor.layout {
+                fgclip::fgclip_image::PixelLayout::Square { size, processor_size } => size > 0 && processor_size != Some(0),
+                fgclip::fgclip_image::PixelLayout::Naflex { patch } => patch > 0,
+            };
+        if !sizes_ok || cfg.short_len == 0 || cfg.long_len == 0 || cfg.failed_image_side == 0 {
             return Err(TrainError::Config(format!("collator: zero size in {cfg:?}")));
         }
         Ok(Self { cfg, tokenizer })
@@ -181,10 +172,13 @@ impl Collator {
     pub fn from_files(files: &ModelFiles) -> Result<Self> {
         let model_cfg = ModelConfig::from_file(&files.config)?;
         let mut cfg = CollateConfig::for_model(&model_cfg);
-        if cfg.family == Family::FgClip {
-            if let Some(p) = &files.preprocessor_config {
-                read_clip_processor(p, &mut cfg)?;
-            }
+        // The FG-CLIP trainer builds its processor from the checkpoint; FG-CLIP 2's uses the class defaults.
+        if let (Family::FgClip, Some(p)) = (cfg.family, &files.preprocessor_config) {
+            cfg.processor = cfg
+                .processor
+                .clone()
+                .with_config_file(p)
+                .map_err(|e| TrainError::File { path: e.path, msg: e.msg })?;
         }
         let tokenizer = TextTokenizer::from_files(files, TokenizerOptions::default())?;
         Self::new(tokenizer, cfg)
@@ -200,10 +194,7 @@ impl Collator {
 
     /// The stand-in for an image that cannot be loaded (black; FG-CLIP 2: 384×384 like the official collator).
     pub fn failed_image(&self) -> RgbImage {
-        match self.cfg.family {
-            Family::FgClip => RgbImage::zeros(self.cfg.image_size, self.cfg.image_size),
-            Family::FgClip2 => RgbImage::zeros(FAILED_IMAGE_SIDE, FAILED_IMAGE_SIDE),
-        }
+        RgbImage::zeros(self.cfg.failed_image_side, self.cfg.failed_image_side)
     }
 
     /// Collates decoded samples. `rng` makes the per-box choice between `short_expr` and `long_expr`
@@ -256,7 +247,7 @@ impl Collator {
                 }
                 // The positive keeps its case (FG-CLIP 2 writes `box_caption` without `.lower()`).
                 hard_texts.push(bx.short_expr.clone());
-                hard_texts.extend(bx.short_expr_negs.values().map(lower));
+                hard_texts.extend(bx.short_expr_negs.values().map(|v| lower(v)));
                 hard_infos[i * BOX_SLOTS + nh] = coords(bx.bbox.as_slice())?;
                 nh += 1;
             }
@@ -298,7 +289,7 @@ impl Collator {
         }
         let loaded: Vec<std::result::Result<RgbImage, String>> = indices
             .par_iter()
-            .map(|&i| fgclip_image::load_rgb(&data.image_path(i)).map_err(|e| e.to_string()))
+            .map(|&i| fgclip::fgclip_image::load_rgb(&data.image_path(i)).map_err(|e| e.to_string()))
             .collect();
         let mut issues = Vec::new();
         let mut samples = Vec::with_capacity(indices.len());
@@ -330,55 +321,13 @@ impl Collator {
         Ok(Tensor::from_vec(tb.ids, (tb.n, tb.len), device)?)
     }
 
-    fn pixels(&self, samples: &[Sample<'_>], device: &Device) -> Result<Pixels> {
-        let c = &self.cfg;
-        match c.family {
-            Family::FgClip => {
-                // `image.resize((S, S))` (PIL bicubic) then `CLIPImageProcessor` (a no-op resize / crop at S).
-                let s = c.image_size;
-                let out = c.processor_size.unwrap_or(s);
-                let per: Vec<Vec<f32>> = samples
-                    .par_iter()
-                    .map(|smp| {
-                        if out == s {
-                            fgclip_image::clip::preprocess(&smp.image, s, c.mean, c.std)
-                        } else {
-                            let sq = fgclip_image::resample::resize_bicubic(&smp.image, s, s);
-                            fgclip_image::clip::preprocess_processor_only(&sq, out, c.mean, c.std)
-                        }
-                    })
-                    .collect();
-                let flat: Vec<f32> = per.concat();
-                Ok(Pixels::Fixed(Tensor::from_vec(flat, (samples.len(), 3, out, out), device)?))
-            }
-            Family::FgClip2 => {
-                // __getitem__: a side < 128 px → squash to box_image_size² (PIL default bicubic); n_i from that size.
-                let imgs: Vec<std::borrow::Cow<RgbImage>> = samples
-                    .par_iter()
-                    .map(|smp| {
-                        let im = &smp.image;
-                        if im.width < MIN_IMAGE_SIDE || im.height < MIN_IMAGE_SIDE {
-                            let sz = c.box_image_size;
-                            std::borrow::Cow::Owned(fgclip_image::resample::resize_bicubic(im, sz, sz))
-                        } else {
-                            std::borrow::Cow::Borrowed(im)
-                        }
-                    })
-                    .collect();
-                // Collator: budget = bucket(max_i (w_i // 16) · (h_i // 16)), every image processed at it.
-                let sizes: Vec<(usize, usize)> = imgs.iter().map(|im| (im.height, im.width)).collect();
-                let budget = naflex::batch_max_patches(&sizes);
-                let per: Vec<naflex::NaflexImage> =
-                    imgs.par_iter().map(|im| naflex::preprocess(im, c.patch_size, budget, c.mean, c.std)).collect();
-                let nb = naflex::pad_batch(&per, budget);
-                let b = samples.len();
-                let pixel_values = Tensor::from_vec(nb.pixel_values, (b, budget, nb.patch_dim), device)?;
-                let valid: Vec<f32> = nb.pixel_attention_mask.iter().map(|&m| m as f32).collect();
-                let valid = Tensor::from_vec(valid, (b, budget), device)?;
-                let grids = per.iter().map(|im| (im.grid_h, im.grid_w)).collect();
-                Ok(Pixels::Naflex { pixel_values, valid, grids })
-            }
-        }
+    fn pixels(&self, samples: &[Sample<'_>], device: &Device) -> Result<PreparedImages> {
+        // FG-CLIP: `image.resize((S, S))` (PIL bicubic) then `CLIPImageProcessor`. FG-CLIP 2's `__getitem__`
+        // squashes images with a side < 128 px to 512² first; its collator takes the budget of the largest image
+        // for every image and pads to it.
+        let images: Vec<&RgbImage> = samples.iter().map(|s| &s.image).collect();
+        let batch = self.cfg.processor.process(&images, self.cfg.budget()).map_err(TrainError::Config)?;
+        Ok(PreparedImages::from_batch(batch, device, candle_core::DType::F32)?)
     }
 }
 
@@ -388,41 +337,4 @@ fn coords(b: &[f32]) -> Result<[f32; 4]> {
         [x1, y1, x2, y2, ..] => Ok([*x1, *y1, *x2, *y2]),
         _ => Err(TrainError::Config(format!("bbox {b:?} has fewer than 4 values; load records through data::load_items"))),
     }
-}
-
-/// `image_mean`, `image_std` and the processor size of a CLIP `preprocessor_config.json`.
-fn read_clip_processor(path: &Path, cfg: &mut CollateConfig) -> Result<()> {
-    let err = |msg: String| TrainError::File { path: path.to_path_buf(), msg };
-    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(format!("invalid JSON: {e}")))?;
-    let triple = |key: &str| -> Result<Option<[f32; 3]>> {
-        match v.get(key) {
-            None => Ok(None),
-            Some(a) => {
-                let xs: Vec<f32> = serde_json::from_value(a.clone()).map_err(|e| err(format!("`{key}`: {e}")))?;
-                match xs[..] {
-                    [a, b, c] => Ok(Some([a, b, c])),
-                    _ => Err(err(format!("`{key}` must have 3 values"))),
-                }
-            }
-        }
-    };
-    if let Some(m) = triple("image_mean")? {
-        cfg.mean = m;
-    }
-    if let Some(s) = triple("image_std")? {
-        cfg.std = s;
-    }
-    // `size.shortest_edge` / `crop_size`: when both equal the squash size, the processor's resize and crop are
-    // no-ops; otherwise they act on the squashed image.
-    let edge = v.pointer("/size/shortest_edge").and_then(|x| x.as_u64()).map(|x| x as usize);
-    let crop = v.pointer("/crop_size/height").and_then(|x| x.as_u64()).map(|x| x as usize);
-    match (edge, crop) {
-        (Some(e), Some(cr)) if e != cr => {
-            return Err(err(format!("shortest_edge {e} != crop size {cr} is not supported")));
-        }
-        (Some(e), _) | (None, Some(e)) if e != cfg.image_size => cfg.processor_size = Some(e),
-        _ => {}
-    }
-    Ok(())
 }

@@ -128,6 +128,9 @@ pub struct TrainSection {
     pub device: String,
     /// Simulated data-parallel ranks in threads of this process (a CPU proof of the distributed math).
     pub simulate_ranks: usize,
+    /// Loss weights (`[train.weights]`: long, short, region, tic, hard, hard_contrastive, hard_pair, hard_cmr);
+    /// unset ones take the paper's value for the model's family.
+    pub weights: crate::objective::LossWeights,
 }
 
 impl Default for TrainSection {
@@ -153,6 +156,7 @@ impl Default for TrainSection {
             seed: 0,
             device: "cpu".into(),
             simulate_ranks: 1,
+            weights: Default::default(),
         }
     }
 }
@@ -242,6 +246,11 @@ impl TrainConfig {
                 return bad(format!("train.warmup_ratio: {r} (expected 0..1)"));
             }
         }
+        for (k, w) in t.weights.given() {
+            if !(w.is_finite() && w >= 0.0) {
+                return bad(format!("train.weights.{k}: {w} (expected a finite number ≥ 0)"));
+            }
+        }
         if self.output.dir.as_os_str().is_empty() {
             return bad("output.dir: not set".into());
         }
@@ -256,6 +265,7 @@ impl TrainConfig {
             hard: self.train.hard.unwrap_or(base.hard),
             tic: self.train.tic.unwrap_or(base.tic),
             official_skip: self.train.official_skip,
+            weights: self.train.weights,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! FG-OVD-style fine-grained evaluation (spec §7.1): for every line (one box, one positive, n ≤ 10
+//! FG-OVD-style fine-grained evaluation (docs/data.md#fg-ovd-evaluation): for every line (one box, one positive, n ≤ 10
 //! negatives) the box's region feature is compared with the candidates' text features, and the line is
 //! correct iff the positive scores the maximum. Mirrors the official `fgclip/eval/fgovd_eval.py` (FG-CLIP,
 //! branch v1.0) and its FG-CLIP 2 counterpart:
@@ -232,7 +232,7 @@ fn check_box(b: [f32; 4], w: usize, h: usize) -> Option<String> {
     None
 }
 
-/// Scores `lines` (spec §7.1); see the module doc.
+/// Scores `lines` (docs/data.md#fg-ovd-evaluation); see the module doc.
 pub fn fgovd_with(
     model: &Model,
     lines: &[FgovdLine],

@@ -1,4 +1,4 @@
-//! Stage-2 initialisation from the public backbones, as the official trainers do it (spec §2.2, §3.3, §9).
+//! Stage-2 initialisation from the public backbones, as the official trainers do it (docs/models.md#fg-clip-text-tower, docs/models.md#fg-clip-2-text-tower).
 //!
 //! * FG-CLIP from an HF `CLIPModel` (`openai/clip-vit-base-patch16` layout) mirrors `train_fgclip.py` with
 //!   `--from_openai True`: `FGCLIPModel.resize_postion_embeding()` (v1.0 `fgclip/model/clip_strc/fgclip.py`),
@@ -139,7 +139,7 @@ fn scalar_of(ts: &HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.get(0)?)
 }
 
-/// FG-CLIP stage-2 initialisation of an HF `CLIPModel` state dict (spec §9): adds the stretched
+/// FG-CLIP stage-2 initialisation of an HF `CLIPModel` state dict (): adds the stretched
 /// `position_embedding_ori/res` ([4L − 60, Dt], 248 for CLIP's 77), `text_filip_projection.weight` (a copy of
 /// `text_projection.weight`) and, when `logit_scale_copy`, `logit_scale_finegraind` = `logit_scale_hardneg` =
 /// the loaded `logit_scale` (0-d), as `train_fgclip.py` does. With `logit_scale_copy == false` the two scales
@@ -160,7 +160,7 @@ pub fn fgclip_from_clip(tensors: HashMap<String, Tensor>, logit_scale_copy: bool
     Ok(ts)
 }
 
-/// FG-CLIP 2 stage-2 initialisation of a SigLIP 2 (`Siglip2Model`, NaFlex) state dict (spec §3.3, §9): adds
+/// FG-CLIP 2 stage-2 initialisation of a SigLIP 2 (`Siglip2Model`, NaFlex) state dict (docs/models.md#fg-clip-2-text-tower): adds
 /// the stretched `position_embedding_ori/res` (64 → 196 rows), `longtext_head.{weight,bias}` and
 /// `boxtext_head.{weight,bias}` (copies of `text_model.head`, which must be square: projection_size = Dt, as
 /// the official `copy_` requires), `dense_feature_head.*` (a copy of every `vision_model.head.*` tensor), and,

@@ -17,6 +17,7 @@ pub mod init;
 pub mod objective;
 pub mod optim;
 pub mod parquet;
+pub mod record;
 pub mod run;
 pub mod tiny;
 pub mod trainable;

@@ -1,4 +1,4 @@
-//! AdamW with the official trainers' parameter groups, and the warmup + cosine schedule (spec §5.2, §5.3).
+//! AdamW with the official trainers' parameter groups, and the warmup + cosine schedule (docs/losses.md#fg-clip-objective, docs/losses.md#fg-clip-2-objective).
 //!
 //! Groups (both trainers): a parameter gets weight decay unless it belongs to a LayerNorm module or its name
 //! contains "bias" — so embeddings, logit scales and probes *are* decayed, as in the official runs. Update rule =

@@ -1,5 +1,5 @@
 //! FineHARD-layout records stored as parquet (what `datasets` / pandas / polars write when the official JSON is
-//! re-saved): one row per record with the JSON fields as columns (spec §6.1). `bbox_info` is a list of structs;
+//! re-saved): one row per record with the JSON fields as columns (docs/data.md#finehard-records). `bbox_info` is a list of structs;
 //! `short_expr_negs` may be a struct (how Arrow infers the official key → text objects), a map, or a string
 //! holding the JSON object. Columns are read in schema order, so negatives keep their file order as in JSON.
 //! Other columns are ignored, as unknown JSON fields are. Problems are reported by 1-based row number.
@@ -9,8 +9,7 @@ use std::path::Path;
 use parquet::file::reader::SerializedFileReader;
 use parquet::record::{Field, Row};
 
-use crate::data::indexmap_lite::OrderedMap;
-use crate::data::{BoxInfo, Record};
+use crate::record::{BoxInfo, NegMap, Record};
 use crate::error::{Result, TrainError};
 
 /// The rows of a parquet file as records: `(row, Ok(record))`, or `(row, Err(why))` for a row whose columns do
@@ -121,7 +120,7 @@ fn boxes(f: &Field) -> std::result::Result<Vec<BoxInfo>, String> {
 fn one_box(row: &Row) -> std::result::Result<BoxInfo, String> {
     let (mut bbox, mut short_expr, mut long_expr) = (None, None, None);
     let mut flag_short_neg = 0u8;
-    let mut short_expr_negs = OrderedMap::default();
+    let mut short_expr_negs = NegMap::new();
     for (name, field) in row.get_column_iter() {
         match name.as_str() {
             "bbox" => bbox = Some(coords(field)?),
@@ -159,15 +158,15 @@ fn coords(f: &Field) -> std::result::Result<Vec<f32>, String> {
 }
 
 /// `short_expr_negs` as a struct (column order), a map (entry order) or a JSON object in a string (file order).
-fn negatives(f: &Field) -> std::result::Result<OrderedMap, String> {
-    let mut out = Vec::new();
+fn negatives(f: &Field) -> std::result::Result<NegMap, String> {
+    let mut out = NegMap::new();
     match f {
         Field::Null => {}
         Field::Group(row) => {
             for (k, v) in row.get_column_iter() {
                 // A struct has every key of the whole column; keys this record lacks are null.
                 if let Some(v) = text(v, &format!("short_expr_negs.{k}"))? {
-                    out.push((k.clone(), v));
+                    out.insert(k.clone(), v);
                 }
             }
         }
@@ -175,7 +174,7 @@ fn negatives(f: &Field) -> std::result::Result<OrderedMap, String> {
             for (k, v) in m.entries() {
                 let key = text(k, "short_expr_negs key")?.unwrap_or_default();
                 if let Some(v) = text(v, &format!("short_expr_negs.{key}"))? {
-                    out.push((key, v));
+                    out.insert(key, v);
                 }
             }
         }
@@ -184,5 +183,5 @@ fn negatives(f: &Field) -> std::result::Result<OrderedMap, String> {
         }
         other => return Err(format!("short_expr_negs: expected a struct, map or JSON string, found {}", kind(other))),
     }
-    Ok(OrderedMap(out))
+    Ok(out)
 }

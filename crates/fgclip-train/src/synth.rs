@@ -1,5 +1,5 @@
-//! A synthetic fine-grained dataset in the FineHARD layout (spec §6.1) plus an FG-OVD-style held-out file
-//! (spec §6.2), rendered here without any download. It stands in for FineHARD (`data/get_data.sh` of the
+//! A synthetic fine-grained dataset in the FineHARD layout (docs/data.md#finehard-records) plus an FG-OVD-style held-out file
+//! (docs/data.md#fg-ovd-files), rendered here without any download. It stands in for FineHARD (`data/get_data.sh` of the
 //! official repo) so that training and `eval-fgovd` can run anywhere; there is no official counterpart.
 //!
 //! Each image shows 2–4 non-overlapping shapes on a plain or noisy grey background. An object is described by
@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{indexmap_lite::OrderedMap, BoxInfo, FgovdLine, Record};
+use crate::record::{BoxInfo, FgovdLine, NegMap, Record};
 
 /// Sizes, in the order of [`Attributes::size`].
 pub const SIZES: [&str; 2] = ["small", "large"];
@@ -532,7 +532,7 @@ fn describe_scene(scene: &Scene, f_path: &str, size: u32, image_id: usize) -> (R
             short_expr: short_expr.clone(),
             long_expr,
             flag_short_neg: 1,
-            short_expr_negs: OrderedMap(negs.iter().enumerate().map(|(k, t)| (format!("neg_{k}"), t.clone())).collect()),
+            short_expr_negs: negs.iter().enumerate().map(|(k, t)| (format!("neg_{k}"), t.clone())).collect::<NegMap>(),
         });
         let mut extra = BTreeMap::new();
         extra.insert("image_id".to_string(), serde_json::json!(image_id));

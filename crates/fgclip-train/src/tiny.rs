@@ -3,7 +3,7 @@
 //! `tokenizers` crate like any other) and a small CLIP `config.json` in the official layout.
 //!
 //! The word ids avoid CLIP's special ids: `<|startoftext|>` = 49406 and `<|endoftext|>` = 49407, which
-//! `FGCLIPModel` hard-codes for pooling (spec §2.2), so the vocabulary is 49408 rows like CLIP's.
+//! `FGCLIPModel` hard-codes for pooling (docs/models.md#fg-clip-text-tower), so the vocabulary is 49408 rows like CLIP's.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -81,7 +81,7 @@ fn record_texts(r: &Record) -> Vec<&str> {
     for b in &r.bbox_info {
         v.push(&b.short_expr);
         v.push(&b.long_expr);
-        v.extend(b.short_expr_negs.values());
+        v.extend(b.short_expr_negs.values().map(String::as_str));
     }
     v
 }

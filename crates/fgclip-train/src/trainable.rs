@@ -1,5 +1,5 @@
 //! A model whose every tensor is a trainable `Var`, in the official checkpoint's key layout, plus the
-//! stage-2 parameters the official trainers create (spec §9): `logit_scale_finegraind` and
+//! stage-2 parameters the official trainers create (): `logit_scale_finegraind` and
 //! `logit_scale_hardneg` (0-d, log scale). Saving writes a folder that our `fgclip features` and the official
 //! code both load: `model.safetensors` under the official names, `config.json`, the tokenizer files.
 
@@ -10,26 +10,24 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use fgclip::checkpoint::{load_into_varmap, Weights};
 use fgclip::config::{Family, ModelConfig};
-use fgclip::fgclip1::FgClip;
-use fgclip::fgclip2::FgClip2;
+use fgclip::family::Towers;
+use fgclip::registry::load_towers;
 use fgclip::hub::ModelFiles;
+use fgclip::plan::{ExecutionPlan, Kernels};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Result, TrainError};
 
-/// ln(100): the stage-2 scales FG-CLIP 2 creates (`--log_scale` default, spec §5.1).
+/// ln(100): the stage-2 scales FG-CLIP 2 creates (`--log_scale` default, docs/losses.md#stage-2-logit-scales).
 pub const FGCLIP2_STAGE2_LOG_SCALE: f32 = 4.6052;
-
-/// The towers built on the variables.
-pub enum Towers {
-    V1(FgClip),
-    V2(FgClip2),
-}
 
 pub struct Trainable {
     pub varmap: VarMap,
-    pub towers: Towers,
+    /// The family's towers built on the variables (the same trait inference uses).
+    pub towers: Box<dyn Towers>,
+    /// How the towers compute (training op set), fixed when they are built.
+    pub plan: ExecutionPlan,
     pub config: ModelConfig,
     /// The checkpoint's `config.json` text, written back unchanged on save.
     pub config_json: String,
@@ -55,16 +53,13 @@ impl Trainable {
     }
 
     /// A freshly initialised model of `config_path`'s configuration (training from scratch), with the HF
-    /// initialisation rules of spec §9, seeded. `tokenizer_dir` supplies the tokenizer files.
+    /// initialisation rules of , seeded. `tokenizer_dir` supplies the tokenizer files.
     pub fn from_scratch(config_path: &Path, tokenizer_files: Vec<PathBuf>, seed: u64, device: &Device) -> Result<Self> {
         let config = ModelConfig::from_file(config_path)?;
         let config_json = std::fs::read_to_string(config_path)?;
         // A random pass records every tensor the towers ask for, with its name and shape.
         let probe = Weights::random(0.02, DType::F32, &Device::Cpu);
-        match &config {
-            ModelConfig::FgClip(c) => drop(FgClip::load(&probe, c)?),
-            ModelConfig::FgClip2(c) => drop(FgClip2::load(&probe, c)?),
-        }
+        drop(load_towers(&config, &probe, &ExecutionPlan::training(&Device::Cpu, Kernels::Reference)?)?);
         let mut shapes: Vec<(String, Vec<usize>)> =
             probe.recorded().into_iter().map(|(k, t)| (k, t.dims().to_vec())).collect();
         shapes.sort();
@@ -90,8 +85,8 @@ impl Trainable {
     ) -> Result<Self> {
         {
             let mut data = varmap.data().lock().map_err(|_| TrainError::Config("variable map lock poisoned".into()))?;
-            let stage2 = match &config {
-                ModelConfig::FgClip(_) => {
+            let stage2 = match config.family() {
+                Family::FgClip => {
                     let ls = data
                         .get("logit_scale")
                         .ok_or_else(|| TrainError::Config("checkpoint has no logit_scale".into()))?
@@ -100,7 +95,7 @@ impl Trainable {
                         .to_vec1::<f32>()?[0];
                     ls
                 }
-                ModelConfig::FgClip2(_) => FGCLIP2_STAGE2_LOG_SCALE,
+                Family::FgClip2 => FGCLIP2_STAGE2_LOG_SCALE,
             };
             for name in ["logit_scale_finegraind", "logit_scale_hardneg"] {
                 if !data.contains_key(name) {
@@ -108,12 +103,18 @@ impl Trainable {
                 }
             }
         }
-        let w = Weights::from_varmap(&varmap, DType::F32, device);
-        let towers = match &config {
-            ModelConfig::FgClip(c) => Towers::V1(FgClip::load(&w, c)?),
-            ModelConfig::FgClip2(c) => Towers::V2(FgClip2::load(&w, c)?),
-        };
-        Ok(Self { varmap, towers, config, config_json, tokenizer_files, device: device.clone() })
+        let plan = ExecutionPlan::training(device, Kernels::Auto)?;
+        let towers = load_towers(&config, &Weights::from_varmap(&varmap, DType::F32, device), &plan)?;
+        Ok(Self { varmap, towers, plan, config, config_json, tokenizer_files, device: device.clone() })
+    }
+
+    /// The same variables with the towers rebuilt for `kernels` (`Reference`: candle's composed ops instead of
+    /// the fused CPU training ops, to measure or cross-check them).
+    pub fn with_kernels(mut self, kernels: Kernels) -> Result<Self> {
+        self.plan = ExecutionPlan::training(&self.device, kernels)?;
+        let w = Weights::from_varmap(&self.varmap, DType::F32, &self.device);
+        self.towers = load_towers(&self.config, &w, &self.plan)?;
+        Ok(self)
     }
 
     /// The variable named `name` (official key).
@@ -175,7 +176,7 @@ impl Trainable {
     }
 }
 
-/// Initial values of one tensor by the HF rules (spec §9), simplified where the rule only matters for
+/// Initial values of one tensor by the HF rules (), simplified where the rule only matters for
 /// released-size stability: norms 1/0, biases 0, position tables N(0, 1/√width) (vision) or N(0, 0.01),
 /// token embeddings N(0, 0.02), matrices Xavier-uniform, MAP probe Xavier-uniform, logit scales ln(1/0.07)
 /// (FG-CLIP, CLIP's init) or ln 10 with bias −10 (FG-CLIP 2, SigLIP's init).

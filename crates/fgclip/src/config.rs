@@ -2,13 +2,11 @@
 //!
 //! FG-CLIP (v1) checkpoints serialise HF's `CLIPConfig` (`model_type: "clip"`, architectures `FGCLIPModel`);
 //! FG-CLIP 2 checkpoints serialise `Fgclip2Config` (`model_type: "fgclip2"`). Missing fields take the defaults of
-//! the official configuration classes (spec §1.1), so a sparse config still loads.
+//! the official configuration classes (docs/models.md#configuration), so a sparse config still loads.
 
 use std::path::Path;
 
 use serde::Deserialize;
-
-use crate::nn::BlockDims;
 
 use crate::{Error, Result};
 
@@ -24,6 +22,17 @@ pub enum Activation {
     /// exact erf GELU.
     #[serde(rename = "gelu")]
     Gelu,
+}
+
+/// The sizes of a tower's transformer blocks, read from its config (`hidden_size`, `num_hidden_layers`, ...).
+#[derive(Clone, Copy, Debug)]
+pub struct BlockDims {
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub intermediate: usize,
+    pub act: Activation,
+    pub eps: f64,
 }
 
 // ---------------------------------------------------------------- FG-CLIP (v1)
@@ -63,7 +72,7 @@ pub struct ClipTextConfig {
     pub hidden_act: Activation,
     #[serde(default = "d_eps5")]
     pub layer_norm_eps: f64,
-    /// `FGCLIPModel.__init__` forces 49407 whatever the config says (spec §2.2); kept for `info`.
+    /// `FGCLIPModel.__init__` forces 49407 whatever the config says (docs/models.md#fg-clip-text-tower); kept for `info`.
     #[serde(default = "d_eos_v1")]
     pub eos_token_id: u32,
 }

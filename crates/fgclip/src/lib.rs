@@ -1,24 +1,35 @@
 //! fgclip: FG-CLIP (ICML 2025) and FG-CLIP 2 in Rust.
 //!
-//! Data flows one way: files → [`hub`] (find or download) → [`checkpoint`] (mmap safetensors, named shape
-//! checks) → preprocessing (`fgclip_image`) and [`tokenize`] → towers ([`fgclip1`], [`fgclip2`]) → features
-//! ([`Model`]).
+//! Data flows one way: files → [`hub`] (find or download) → [`config`], [`checkpoint`] (mmap safetensors, named
+//! shape checks) → [`plan`] (how to compute, decided once) → the family's towers ([`family`]: [`fgclip1`],
+//! [`fgclip2`], built from [`nn`], picked by [`registry`]) with the image processor (`fgclip_image`) and [`tokenize`] → features
+//! ([`Model`]) → [`tasks`] (zero-shot labels, box labelling, heatmaps). `docs/architecture.md` has the map.
 
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod family;
 pub mod fgclip1;
 pub mod fgclip2;
 pub mod flops;
 pub mod hub;
 pub mod loss;
-pub mod nn;
 pub mod model;
+pub mod nn;
+pub mod pixels;
+pub mod plan;
+pub mod registry;
+pub mod tasks;
 pub mod tokenize;
 
 pub use error::{Error, Result};
+pub use family::{Normalizer, ScoreHead, Towers};
 pub use fgclip_image;
-pub use model::{DenseMap, LoadOptions, Model, PatchBudget, PreparedImages, TextMask};
+pub use fgclip_image::PatchBudget;
+pub use fgclip_kernels::cpu::Isa;
+pub use model::{DenseMap, LoadOptions, Model, TextMask};
+pub use pixels::PreparedImages;
+pub use plan::{ExecutionPlan, Kernels, Precision};
 
 /// A device by name: `cpu`, `cuda` (GPU 0) or `cuda:N`. The error says what was wrong (callers prefix the
 /// option's name); `cuda` fails on a build without the `cuda` feature.
@@ -36,7 +47,7 @@ pub fn parse_device(name: &str) -> std::result::Result<candle_core::Device, Stri
     }
 }
 
-/// Which text regime to encode with (spec §2.2, §3.3).
+/// Which text regime to encode with (see `docs/models.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TextWalk {
     /// Short captions, class names (FG-CLIP: 77 tokens, FG-CLIP 2: 64).

@@ -1,4 +1,4 @@
-//! Training objectives of FG-CLIP and FG-CLIP 2 (spec §5.2, §5.3, §10.6) as differentiable candle functions.
+//! Training objectives of FG-CLIP and FG-CLIP 2 (docs/losses.md#fg-clip-objective, docs/losses.md#fg-clip-2-objective, docs/losses.md#skipped-fine-grained-terms) as differentiable candle functions.
 //!
 //! Mirrors, from the official repository 360CVGroup/FG-CLIP:
 //! * branch `v1.0`, `fgclip/model/clip_strc/fgclip.py`: `FGCLIPModel.clip_loss` → [`clip_infonce`],
@@ -9,7 +9,7 @@
 //!   [`hard_composite`], the threshold all-reduce + clamp of `forward` → [`next_threshold`].
 //!
 //! Conventions shared by every function here:
-//! * Embeddings come in L2-normalised (the caller normalises, after selecting the valid rows: spec §10.7).
+//! * Embeddings come in L2-normalised (the caller normalises, after selecting the valid rows: docs/losses.md#degenerate-boxes).
 //! * Scales come in already exponentiated, as one-element tensors (shape `[]` or `[1]`), so the caller keeps the raw
 //!   log-scale parameter and its gradient flows through the caller's `exp()`. The SigLIP bias is passed as is.
 //! * Arithmetic runs in f32 (f64 when any input is f64): bf16/f16 inputs are upcast first. The official code runs
@@ -34,7 +34,7 @@ pub const TIC_DUPLICATE_SIMILARITY: f64 = 0.95;
 /// Upper clamp of the synchronised cross-modal-rank threshold θ (logit units).
 pub const THRESHOLD_MAX: f32 = 10.0;
 
-/// Loss weights of FG-CLIP's stage-2 objective (spec §5.2): `L = long + short + 0.1·region + 0.5·hard`.
+/// Loss weights of FG-CLIP's stage-2 objective (docs/losses.md#fg-clip-objective): `L = long + short + 0.1·region + 0.5·hard`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct V1Weights {
     pub long: f64,
@@ -54,7 +54,7 @@ impl Default for V1Weights {
     }
 }
 
-/// Weights inside FG-CLIP 2's hard-negative composite `0.6·L_c + 3·L_pair + 0.4·L_cmr` (spec §5.3 step 5).
+/// Weights inside FG-CLIP 2's hard-negative composite `0.6·L_c + 3·L_pair + 0.4·L_cmr` (docs/losses.md#fg-clip-2-objective).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HardCompositeWeights {
     pub contrastive: f64,
@@ -73,7 +73,7 @@ impl Default for HardCompositeWeights {
     }
 }
 
-/// Loss weights of FG-CLIP 2's stage-2 objective (spec §5.3):
+/// Loss weights of FG-CLIP 2's stage-2 objective (docs/losses.md#fg-clip-2-objective):
 /// `L = sig_long + sig_short + 0.2·region + 0.1·TIC + 0.5·(0.6·L_c + 3·L_pair + 0.4·L_cmr)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct V2Weights {
@@ -277,7 +277,7 @@ fn check_gathered(what: &str, image_all: &Tensor, text_all: &Tensor, rank: usize
 // ---------------------------------------------------------------------------------------------------------------
 // Global losses
 
-/// FG-CLIP global softmax InfoNCE for the rows of `rank` (spec §5.2 step 1; official `FGCLIPModel.clip_loss`, one
+/// FG-CLIP global softmax InfoNCE for the rows of `rank` (docs/losses.md#fg-clip-objective; official `FGCLIPModel.clip_loss`, one
 /// caption kind): `½[CE(s·I_R·T_allᵀ, t) + CE(s·T_R·I_allᵀ, t)]`, `t = rank·B + arange(B)`, where
 /// `I_R`, `T_R` are rows `rank·B .. rank·B+B` of the gathered `[W·B, D]` `image_all`, `text_all`.
 ///
@@ -313,7 +313,7 @@ fn scale_arg(what: &str, scale: &Tensor, dt: DType, dev: &Device) -> Result<Tens
     scalar_like(what, "scale", scale, dt, dev)
 }
 
-/// FG-CLIP 2 sigmoid (SigLIP) loss of rank `rank` (spec §5.3 step 1, §10.15; official `all_reduce_siglip_loss`,
+/// FG-CLIP 2 sigmoid (SigLIP) loss of rank `rank` (docs/losses.md#fg-clip-2-objective, docs/losses.md#global-sigmoid-loss; official `all_reduce_siglip_loss`,
 /// equal to `all_gather_siglip_loss_`): with `z_ij = s·⟨I_i, T_j⟩ + bias` for the B local images `i` (rows
 /// `rank·B .. rank·B+B` of `image_all`) against all W·B texts `j` of `text_all`, label `+1` on the rank's own
 /// diagonal (`j = rank·B + i`) and `−1` elsewhere,
@@ -352,13 +352,13 @@ pub fn siglip(
 // ---------------------------------------------------------------------------------------------------------------
 // Regional losses
 
-/// Regional symmetric contrastive loss (spec §5.2 step 2, §5.3 step 3; official `pairwise_contrastive_loss` of
+/// Regional symmetric contrastive loss (docs/losses.md#fg-clip-objective, docs/losses.md#fg-clip-2-objective; official `pairwise_contrastive_loss` of
 /// both branches): `½[CE(s·T·Rᵀ, I) + CE(s·R·Tᵀ, I)]` over the M valid boxes of this rank (identity targets,
 /// local only). `region`, `text`: `[M, D]`, row i of each pairs; `scale` = exp(logit_scale_finegraind).
 ///
 /// M = 0 is an error (the official mean over nothing is NaN). Note the official forwards select valid rows with a
 /// `.squeeze()`, so M = 1 makes them raise (v1: the training step crashes; v2: the exception is swallowed and the
-/// region, TIC and hard terms of the step are dropped, spec §10.6); this function computes the M = 1 value (0),
+/// region, TIC and hard terms of the step are dropped, docs/losses.md#skipped-fine-grained-terms); this function computes the M = 1 value (0),
 /// leaving that choice to the caller.
 pub fn pairwise_contrastive(region: &Tensor, text: &Tensor, scale: &Tensor) -> Result<Tensor> {
     const WHAT: &str = "pairwise_contrastive";
@@ -403,7 +403,7 @@ fn per_box_logits(r: &Tensor, t: &Tensor, s: &Tensor, n: usize, d: usize) -> Res
     Ok(dots.broadcast_mul(s)?)
 }
 
-/// Hard fine-grained negatives, per box (spec §5.2 step 3 = FG-CLIP 2's L_pair; official `hard_contrastive_loss`):
+/// Hard fine-grained negatives, per box (docs/losses.md#fg-clip-objective = FG-CLIP 2's L_pair; official `hard_contrastive_loss`):
 /// `mean_b CE(s·[⟨r_b,t_b0⟩, …, ⟨r_b,t_b10⟩], target 0)`. `region` `[N, D]`; `texts` `[11·N, D]` with rows
 /// `11b..11b+10` = [positive, 10 negatives] of box b; `scale` = exp(logit_scale_hardneg). N = 0 is an error.
 pub fn hard_pair(region: &Tensor, texts: &Tensor, scale: &Tensor) -> Result<Tensor> {
@@ -417,7 +417,7 @@ pub fn hard_pair(region: &Tensor, texts: &Tensor, scale: &Tensor) -> Result<Tens
     cross_entropy(&logits, &targets)
 }
 
-/// FG-CLIP 2's hard-negative composite (spec §5.3 step 5; official `hard_contrastive_total_loss` with its inner
+/// FG-CLIP 2's hard-negative composite (docs/losses.md#fg-clip-2-objective; official `hard_contrastive_total_loss` with its inner
 /// `hard_contrastive_loss` and `get_cmr_loss`), for `region` `[N, D]`, `texts` `[11·N, D]` (as [`hard_pair`]),
 /// `scale` = exp(logit_scale_hardneg) and the current threshold θ (logit units; starts at 0.0):
 /// * contrastive `L_c = ½[CE(s·R·[T_0; T_neg]ᵀ, arange N) + CE(s·T_0·Rᵀ, arange N)]` (T_neg = all 10·N negatives);
@@ -429,9 +429,20 @@ pub fn hard_pair(region: &Tensor, texts: &Tensor, scale: &Tensor) -> Result<Tens
 ///   non-zero d_bk is taken as 0 instead, so θ stays finite.
 ///
 /// N = 0 and a non-finite θ are errors. The official forward raises for N = 1 (a `.squeeze()` turns the single
-/// row into a vector; spec §10.6) and, in FG-CLIP 2, silently drops the hard term and the threshold update of that
+/// row into a vector; docs/losses.md#skipped-fine-grained-terms) and, in FG-CLIP 2, silently drops the hard term and the threshold update of that
 /// step; this function computes the well-defined N = 1 value and leaves the choice to the caller.
 pub fn hard_composite(region: &Tensor, texts: &Tensor, scale: &Tensor, threshold: f32) -> Result<HardComposite> {
+    hard_composite_weighted(region, texts, scale, threshold, HardCompositeWeights::OFFICIAL)
+}
+
+/// [`hard_composite`] with its three inner weights given (the training TOML's `train.weights.hard_*`).
+pub fn hard_composite_weighted(
+    region: &Tensor,
+    texts: &Tensor,
+    scale: &Tensor,
+    threshold: f32,
+    w: HardCompositeWeights,
+) -> Result<HardComposite> {
     const WHAT: &str = "hard_composite";
     let (n, d) = check_hard(WHAT, region, texts)?;
     if !threshold.is_finite() {
@@ -474,7 +485,6 @@ pub fn hard_composite(region: &Tensor, texts: &Tensor, scale: &Tensor, threshold
         (g_mean - d_mean) as f32
     };
 
-    let w = HardCompositeWeights::OFFICIAL;
     let total = ((contrastive.affine(w.contrastive, 0.0)? + pair.affine(w.pair, 0.0)?)? + cmr.affine(w.cmr, 0.0)?)?;
     Ok(HardComposite { total, contrastive, pair, cmr, threshold_new })
 }
@@ -532,12 +542,12 @@ pub fn tic_top_k(texts: &Tensor) -> Result<Option<Tensor>> {
     Ok(Some(masked.gather(&idx, 1)?))
 }
 
-/// Textual intra-modal contrastive loss, TIC (spec §5.3 step 4; official `hard_category_contrastive_loss` +
+/// Textual intra-modal contrastive loss, TIC (docs/losses.md#fg-clip-2-objective; official `hard_category_contrastive_loss` +
 /// `PNTextLoss`): `mean_i log Σ_{k=1..10} exp(v_ik)` over the [`tic_top_k`] values of the M valid region-text
 /// embeddings `texts` `[M, D]` (no temperature).
 ///
 /// Returns `None` when M < 10: the official `topk(10)` raises there, and FG-CLIP 2's `forward` swallows the exception
-/// in its bare `try/except: pass` (spec §10.6), so the TIC term **and every later fine-grained term of that step**
+/// in its bare `try/except: pass` (docs/losses.md#skipped-fine-grained-terms), so the TIC term **and every later fine-grained term of that step**
 /// (the region loss is added in the same statement, then the hard-negative loss and the threshold update) are
 /// dropped. A faithful caller skips those terms on `None`; a caller that prefers to keep training the region and
 /// hard terms simply leaves TIC out.

@@ -3,16 +3,18 @@
 //! Mirrors HF `CLIPTokenizerFast` (FG-CLIP) / `GemmaTokenizerFast` (FG-CLIP 2) as the official FG-CLIP code calls
 //! them: `tokenizer(texts, padding="max_length", truncation=True, max_length=L)` with L = 77 / 248 (v1) or
 //! 64 / 196 (v2). Tokenisation itself is the checkpoint's own `tokenizer.json` run by the `tokenizers` crate; this
-//! module only reproduces what the transformers wrapper decides around it (spec §2.5, §3.6, §10.1, §10.3):
+//! module only reproduces what the transformers wrapper decides around it (docs/tokenizer.md):
 //!
 //! * special tokens: the file's post-processor, except that `add_bos_token` / `add_eos_token` in
-//!   `tokenizer_config.json` rebuild it as transformers 5 does (an absent flag counts as false);
+//!   `tokenizer_config.json` rebuild it as transformers 4.x does (an absent flag counts as false). transformers
+//!   5.23 keeps the file's template instead; when the two disagree we follow the flags (the released checkpoints
+//!   were made and evaluated with 4.x) and record a warning ([`TextTokenizer::warnings`], also logged);
 //! * truncation to `max_length` keeps the special tokens (eos stays last); padding to exactly `max_length` with the
 //!   config's `pad_token`, on `padding_side` (config, else the class default); settings baked into `tokenizer.json`
 //!   never decide the length;
 //! * FG-CLIP 2 lower-cases in the caller (`str.lower()`), which [`TokenizerOptions::lowercase`] reproduces;
 //! * whether HF's call returns an `attention_mask` ([`TextTokenizer::returns_attention_mask`]) — it decides whether
-//!   the official FG-CLIP 2 text tower masks padding (§10.1).
+//!   the official FG-CLIP 2 text tower masks padding (docs/tokenizer.md#attention-mask).
 //!
 //! FG-CLIP v1 checkpoints without `tokenizer.json` are built from `vocab.json` + `merges.txt` exactly like
 //! transformers' `CLIPConverter` (slow → fast conversion).
@@ -105,6 +107,8 @@ pub struct TextTokenizer {
     lowercase: bool,
     returns_attention_mask: bool,
     tokenizer_class: Option<String>,
+    /// What was found odd in the tokenizer files but not fatal (e.g. special-token rules that disagree).
+    warnings: Vec<String>,
 }
 
 impl TextTokenizer {
@@ -175,12 +179,15 @@ impl TextTokenizer {
             ))
         })?;
 
-        // Special tokens: transformers 5 (`TokenizersBackend.__init__`) keeps the file's post-processor unless
-        // `add_bos_token` / `add_eos_token` are given explicitly, in which case it rebuilds it as
-        // `[bos] $A [eos]` with each absent flag false.
+        // Special tokens: transformers 4.x rebuilds the post-processor as `[bos] $A [eos]` from explicit
+        // `add_bos_token` / `add_eos_token` flags (each absent flag false); 5.23 keeps the file's template. We
+        // follow 4.x and warn when the two give different ids.
         let add_bos = cfg.bool_field("add_bos_token");
         let add_eos = cfg.bool_field("add_eos_token");
+        let mut warnings = Vec::new();
         if add_bos.is_some() || add_eos.is_some() {
+            let probe = |t: &Tokenizer| t.encode("a photo", true).map(|e| e.get_ids().to_vec()).unwrap_or_default();
+            let file_ids = probe(&tokenizer);
             let mut single: Vec<String> = Vec::new();
             let mut pair: Vec<String> = Vec::new();
             let mut specials: Vec<(String, u32)> = Vec::new();
@@ -226,6 +233,20 @@ impl TextTokenizer {
                 .build()
                 .map_err(|e| tok_err(&source, format!("bad special-token template: {e}")))?;
             tokenizer.with_post_processor(Some(template));
+            let flag_ids = probe(&tokenizer);
+            if file_ids != flag_ids {
+                let w = format!(
+                    "{}: tokenizer_config.json's add_bos_token={} / add_eos_token={} disagree with the post-processor of \
+                     {} (\"a photo\" → {file_ids:?} from the file, {flag_ids:?} from the flags); following the flags as \
+                     transformers 4.x does (transformers 5 keeps the file's template)",
+                    files.root.display(),
+                    add_bos.map_or("absent".into(), |b| b.to_string()),
+                    add_eos.map_or("absent".into(), |b| b.to_string()),
+                    source.display()
+                );
+                tracing::warn!("{w}");
+                warnings.push(w);
+            }
         }
 
         let side_of = |field: &str, baked: Option<Side>, default: Side| -> Result<Side> {
@@ -253,7 +274,7 @@ impl TextTokenizer {
         };
         let truncation_side = side_of("truncation_side", baked_trunc_side, Side::Right)?;
 
-        // `model_input_names` decides whether HF's call returns `attention_mask` (spec §10.1).
+        // `model_input_names` decides whether HF's call returns `attention_mask` (docs/tokenizer.md#attention-mask).
         let returns_attention_mask = match cfg.get("model_input_names") {
             Some(Value::Array(names)) => names.iter().any(|n| n.as_str() == Some("attention_mask")),
             Some(other) => {
@@ -266,6 +287,7 @@ impl TextTokenizer {
         };
 
         Ok(TextTokenizer {
+            warnings,
             tokenizer,
             pad_id,
             pad_token,
@@ -349,6 +371,11 @@ impl TextTokenizer {
     /// (from `tokenizer_config.json`, else the class default: CLIP / Gemma yes, SigLIP no).
     pub fn returns_attention_mask(&self) -> bool {
         self.returns_attention_mask
+    }
+
+    /// Non-fatal problems found while loading (each also logged as a warning).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Id used for padding (CLIP `<|endoftext|>` = 49407, Gemma `<pad>` = 0).

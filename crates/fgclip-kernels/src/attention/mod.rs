@@ -143,6 +143,46 @@ pub fn attention_f32(
     run(portable::Portable, &io, out);
 }
 
+/// The attention of [`attention_f32`] / [`attention_bf16`] on the kernels of a chosen CPU level (the caller's
+/// execution plan picks `isa` once; levels above what the CPU has are never passed, and fall back to the portable
+/// kernel if they are). `bf16_products` takes the bf16 kernel where `isa` has it, as [`attention_bf16`] does.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_with(
+    isa: crate::cpu::Isa,
+    bf16_products: bool,
+    q: &[f32],
+    q_stride: usize,
+    q_off: usize,
+    k: &[f32],
+    k_stride: usize,
+    k_off: usize,
+    v: &[f32],
+    v_stride: usize,
+    v_off: usize,
+    shape: &AttnShape,
+    scale: f32,
+    mask: AttnMask,
+    out: &mut [f32],
+) {
+    let io = Io::new(q, q_stride, q_off, k, k_stride, k_off, v, v_stride, v_off, shape, scale, mask, out.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::cpu::Isa;
+        if bf16_products && isa >= Isa::Avx512Bf16 {
+            if let Some(kern) = bf16::Avx512Bf16::detect() {
+                return run(kern, &io, out);
+            }
+        }
+        if isa >= Isa::Avx512 {
+            if let Some(kern) = avx512::Avx512::detect() {
+                return run(kern, &io, out);
+            }
+        }
+    }
+    let _ = (isa, bf16_products);
+    run(portable::Portable, &io, out);
+}
+
 /// [`attention_f32`] with the portable (plain Rust, no intrinsics) kernel: the fallback on CPUs without
 /// AVX-512, exposed for tests and comparisons. Same blocking, so it is deterministic in the same way.
 #[allow(clippy::too_many_arguments)]

@@ -1,5 +1,5 @@
 //! FG-CLIP text tower: CLIP's causal text transformer with two position regimes (official:
-//! `modeling_clip.py` `CLIPTextTransformer` with `walk_short_pos`, spec §2.2).
+//! `modeling_clip.py` `CLIPTextTransformer` with `walk_short_pos`, docs/models.md#fg-clip-text-tower).
 //!
 //! * short (≤ 77 tokens): the original 77-row `position_embedding`;
 //! * long (exactly 248 tokens): `position_embedding_ori` for positions < 20, `position_embedding_res` after —
@@ -7,12 +7,12 @@
 //!
 //! Pooling takes the hidden state at the FIRST eos (49407; pad is also 49407).
 
-use candle_core::{IndexOp, Module, Result as CResult, Tensor};
+use candle_core::{IndexOp, Result as CResult, Tensor};
 
 use crate::checkpoint::Weights;
 use crate::config::ClipTextConfig;
-use crate::nn::layers::Encoder;
-use crate::nn::{KeyMask, LayerNorm};
+use crate::nn::{Encoder, KeyMask, LayerNorm};
+use crate::plan::ExecutionPlan;
 use crate::{Error, Result};
 
 /// Positions below this come from `position_embedding_ori` in the long walk (hard-coded in the official code).
@@ -35,7 +35,7 @@ pub struct TextTower {
 
 impl TextTower {
     /// `w` is the `text_model` prefix.
-    pub fn load(w: &Weights, cfg: &ClipTextConfig) -> Result<Self> {
+    pub fn load(w: &Weights, cfg: &ClipTextConfig, plan: &ExecutionPlan) -> Result<Self> {
         let d = cfg.hidden_size;
         let emb = w.pp("embeddings");
         // The long tables' length is the checkpoint's (248 = 4·77 − 3·20 in every release); a missing table is
@@ -56,8 +56,8 @@ impl TextTower {
             position_embedding: emb.pp("position_embedding").get((cfg.max_position_embeddings, d), "weight")?,
             position_embedding_ori: emb.pp("position_embedding_ori").get((long_len, d), "weight")?,
             position_embedding_res: emb.pp("position_embedding_res").get((long_len, d), "weight")?,
-            encoder: Encoder::load(&w.pp("encoder"), &cfg.block_dims())?,
-            final_layer_norm: LayerNorm::load(&w.pp("final_layer_norm"), d, cfg.layer_norm_eps)?,
+            encoder: Encoder::load(&w.pp("encoder"), &cfg.block_dims(), plan.blocks(), false)?,
+            final_layer_norm: LayerNorm::load(&w.pp("final_layer_norm"), d, cfg.layer_norm_eps, plan.ops())?,
             cfg: cfg.clone(),
             long_len,
         })

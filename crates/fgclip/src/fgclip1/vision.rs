@@ -1,15 +1,15 @@
 //! FG-CLIP vision tower = OpenAI/HF CLIP ViT (official: `fgclip/model/clip_strc/modeling_clip.py`
-//! `CLIPVisionTransformer`, spec §2.1).
+//! `CLIPVisionTransformer`, docs/models.md#fg-clip-vision-tower).
 //!
 //! pixels → conv patch embedding (no bias) → [CLS; patches] + positions → `pre_layrnorm` → L pre-LN blocks →
-//! `post_layernorm(CLS)` = pooled. The dense path (spec §2.3) also needs the input of the last block.
+//! `post_layernorm(CLS)` = pooled. The dense path (docs/models.md#fg-clip-features) also needs the input of the last block.
 
 use candle_core::{Result as CResult, Tensor};
 
 use crate::checkpoint::Weights;
 use crate::config::ClipVisionConfig;
-use crate::nn::layers::Encoder;
-use crate::nn::{KeyMask, LayerNorm};
+use crate::nn::{Encoder, KeyMask, LayerNorm};
+use crate::plan::ExecutionPlan;
 use crate::Result;
 
 #[derive(Clone, Debug)]
@@ -35,16 +35,18 @@ pub struct VisionOutput {
 
 impl VisionTower {
     /// `w` is the `vision_model` prefix.
-    pub fn load(w: &Weights, cfg: &ClipVisionConfig) -> Result<Self> {
+    pub fn load(w: &Weights, cfg: &ClipVisionConfig, plan: &ExecutionPlan) -> Result<Self> {
         let (d, p, g) = (cfg.hidden_size, cfg.patch_size, cfg.grid());
+        let (ops, eps) = (plan.ops(), cfg.layer_norm_eps);
         let emb = w.pp("embeddings");
         Ok(Self {
             patch_embedding: emb.pp("patch_embedding").get((d, cfg.num_channels, p, p), "weight")?,
             class_embedding: emb.get(d, "class_embedding")?,
             position_embedding: emb.pp("position_embedding").get((g * g + 1, d), "weight")?,
-            pre_layrnorm: LayerNorm::load(&w.pp("pre_layrnorm"), d, cfg.layer_norm_eps)?,
-            encoder: Encoder::load(&w.pp("encoder"), &cfg.block_dims())?,
-            post_layernorm: LayerNorm::load(&w.pp("post_layernorm"), d, cfg.layer_norm_eps)?,
+            pre_layrnorm: LayerNorm::load(&w.pp("pre_layrnorm"), d, eps, ops)?,
+            // The dense path re-runs the last block's value path: keep that block's layer.
+            encoder: Encoder::load(&w.pp("encoder"), &cfg.block_dims(), plan.blocks(), true)?,
+            post_layernorm: LayerNorm::load(&w.pp("post_layernorm"), d, eps, ops)?,
             cfg: cfg.clone(),
         })
     }
@@ -58,14 +60,14 @@ impl VisionTower {
         let cls = self.class_embedding.reshape((1, 1, d))?.broadcast_as((b, 1, d))?;
         let x = Tensor::cat(&[&cls, &patches], 1)?;
         let x = x.broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
-        candle_core::Module::forward(&self.pre_layrnorm, &x)
+        self.pre_layrnorm.forward(&x)
     }
 
     pub fn forward(&self, pixel_values: &Tensor) -> CResult<VisionOutput> {
         let x = self.embeddings(pixel_values)?;
         let (last, penultimate) = self.encoder.forward_with_penultimate(&x, &KeyMask::None)?;
         let cls = last.narrow(1, 0, 1)?.squeeze(1)?;
-        let pooled = candle_core::Module::forward(&self.post_layernorm, &cls)?;
+        let pooled = self.post_layernorm.forward(&cls)?;
         Ok(VisionOutput { pooled, last_hidden_state: last, penultimate })
     }
 }

@@ -1,5 +1,5 @@
 //! FG-CLIP 2 text tower = SigLIP 2's bidirectional text transformer with three walks (official:
-//! `modeling_fgclip2.py` `Fgclip2TextTransformer` / `Fgclip2Model.get_text_features`, spec §3.3):
+//! `modeling_fgclip2.py` `Fgclip2TextTransformer` / `Fgclip2Model.get_text_features`, docs/models.md#fg-clip-2-text-tower):
 //!
 //! | walk  | positions                                      | head            |
 //! |-------|------------------------------------------------|-----------------|
@@ -10,12 +10,12 @@
 //! Pooling takes the LAST position (index L−1), usually a pad token — SigLIP's convention, so texts must be
 //! padded to exactly the trained length. A key padding mask applies only when the tokenizer returns one.
 
-use candle_core::{IndexOp, Module, Tensor};
+use candle_core::{IndexOp, Tensor};
 
 use crate::checkpoint::Weights;
 use crate::config::Fgclip2TextConfig;
-use crate::nn::layers::Encoder;
-use crate::nn::{KeyMask, LayerNorm, Linear};
+use crate::nn::{Encoder, KeyMask, LayerNorm, Linear};
+use crate::plan::ExecutionPlan;
 use crate::{Error, Result, TextWalk};
 
 #[derive(Clone, Debug)]
@@ -32,17 +32,18 @@ pub struct TextTower {
 
 impl TextTower {
     /// `w` is the `text_model` prefix.
-    pub fn load(w: &Weights, cfg: &Fgclip2TextConfig) -> Result<Self> {
+    pub fn load(w: &Weights, cfg: &Fgclip2TextConfig, plan: &ExecutionPlan) -> Result<Self> {
         let d = cfg.hidden_size;
+        let ops = plan.ops();
         let emb = w.pp("embeddings");
         Ok(Self {
             token_embedding: emb.pp("token_embedding").get((cfg.vocab_size, d), "weight")?,
             position_embedding: emb.pp("position_embedding").get((cfg.max_position_embeddings, d), "weight")?,
             position_embedding_ori: emb.pp("position_embedding_ori").get((cfg.longtext_len, d), "weight")?,
             position_embedding_res: emb.pp("position_embedding_res").get((cfg.longtext_len, d), "weight")?,
-            encoder: Encoder::load(&w.pp("encoder"), &cfg.block_dims())?,
-            final_layer_norm: LayerNorm::load(&w.pp("final_layer_norm"), d, cfg.layer_norm_eps)?,
-            head: Linear::load(&w.pp("head"), d, cfg.projection_size(), true)?,
+            encoder: Encoder::load(&w.pp("encoder"), &cfg.block_dims(), plan.blocks(), false)?,
+            final_layer_norm: LayerNorm::load(&w.pp("final_layer_norm"), d, cfg.layer_norm_eps, ops)?,
+            head: Linear::load(&w.pp("head"), d, cfg.projection_size(), true, ops)?,
             cfg: cfg.clone(),
         })
     }

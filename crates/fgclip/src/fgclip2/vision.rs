@@ -1,18 +1,18 @@
 //! FG-CLIP 2 vision tower = SigLIP 2 NaFlex ViT (official: `fgclip2/model/strcs/modeling_fgclip2.py`
-//! `Fgclip2VisionEmbeddings`, `Fgclip2VisionTransformer`, spec §3.2).
+//! `Fgclip2VisionEmbeddings`, `Fgclip2VisionTransformer`, docs/models.md#fg-clip-2-vision-tower).
 //!
 //! Variable-resolution patches (`[B, N, p·p·3]`, padded, with a validity mask) → linear patch embedding +
 //! the learned 16×16 position table resized per image (antialiased bilinear) → L pre-LN blocks with a key
 //! padding mask → `post_layernorm` on all tokens → MAP head (probe attention) = image embedding. The separate
 //! `dense_feature_head` turns the same tokens into per-patch features.
 
-use candle_core::{Module, Result as CResult, Tensor};
+use candle_core::{Result as CResult, Tensor};
 
 use crate::checkpoint::Weights;
 use crate::config::Fgclip2VisionConfig;
 use crate::nn::interp::resize_position_table;
-use crate::nn::layers::Encoder;
-use crate::nn::{KeyMask, LayerNorm, Linear, MapHead};
+use crate::nn::{Encoder, KeyMask, LayerNorm, Linear, MapHead};
+use crate::plan::ExecutionPlan;
 use crate::Result;
 
 #[derive(Clone, Debug)]
@@ -27,16 +27,17 @@ pub struct VisionTower {
 
 impl VisionTower {
     /// `w` is the `vision_model` prefix.
-    pub fn load(w: &Weights, cfg: &Fgclip2VisionConfig) -> Result<Self> {
+    pub fn load(w: &Weights, cfg: &Fgclip2VisionConfig, plan: &ExecutionPlan) -> Result<Self> {
         let d = cfg.hidden_size;
+        let ops = plan.ops();
         let patch_dim = cfg.num_channels * cfg.patch_size * cfg.patch_size;
         let emb = w.pp("embeddings");
         Ok(Self {
-            patch_embedding: Linear::load(&emb.pp("patch_embedding"), patch_dim, d, true)?,
+            patch_embedding: Linear::load(&emb.pp("patch_embedding"), patch_dim, d, true, ops)?,
             position_embedding: emb.pp("position_embedding").get((cfg.num_patches, d), "weight")?,
-            encoder: Encoder::load(&w.pp("encoder"), &cfg.block_dims())?,
-            post_layernorm: LayerNorm::load(&w.pp("post_layernorm"), d, cfg.layer_norm_eps)?,
-            head: MapHead::load(&w.pp("head"), &cfg.block_dims())?,
+            encoder: Encoder::load(&w.pp("encoder"), &cfg.block_dims(), plan.blocks(), false)?,
+            post_layernorm: LayerNorm::load(&w.pp("post_layernorm"), d, cfg.layer_norm_eps, ops)?,
+            head: MapHead::load(&w.pp("head"), &cfg.block_dims(), ops)?,
             cfg: cfg.clone(),
         })
     }

@@ -7,32 +7,22 @@
 //! step those passes, not the GEMMs, were most of the time (BENCHMARKS.md, training). The math is the textbook
 //! one; `tests` below check value and gradient against the composed ops.
 //!
-//! Only for contiguous f32 CPU tensors ([`usable`]); other devices and dtypes keep the composed ops. Our own
+//! Only for f32 CPU tensors: the execution plan picks these ops (`OpSet::CpuTrain`) for CPU training, the
+//! composed ops elsewhere. Our own
 //! reductions run over fixed-size row chunks summed in order and the GEMMs are the `gemm` crate's (as candle's
 //! matmul), so repeated runs give the same bits whatever the scheduling (the trainer's resume test compares runs
 //! bit for bit).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use fgclip_kernels::attention::{attention_f32, AttnMask, AttnShape};
+// LayerNorm's row arithmetic is the shared kernel's (also used by the fused inference block).
+use fgclip_kernels::norm::row_stats;
 use rayon::prelude::*;
 
-use super::attention::KeyMask;
+use super::mask::KeyMask;
 
 /// Rows per parallel task (and per partial sum of the parameter gradients).
 const ROWS_PER_TASK: usize = 64;
-
-static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// Turns the fused ops off (process-wide) so the composed ops run instead: for measuring what they buy
-/// (`fgclip bench --workload train-… --no-fast`) and for tests that compare the two.
-pub fn set_enabled(on: bool) {
-    ENABLED.store(on, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Whether the fused ops can run on `ts`: enabled, and every tensor an f32 CPU tensor.
-pub fn usable(ts: &[&Tensor]) -> bool {
-    ENABLED.load(std::sync::atomic::Ordering::Relaxed) && ts.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
-}
 
 /// The elements of a contiguous f32 CPU storage as a slice (custom ops' inputs); `what` names it in errors.
 pub fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -423,15 +413,6 @@ struct LayerNormOp {
     eps: f32,
 }
 
-/// Mean and 1/std of one row (two passes, like the composed form).
-#[inline]
-fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
-    let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-    (mean, 1.0 / (var + eps).sqrt())
-}
-
 impl CustomOp3 for LayerNormOp {
     fn name(&self) -> &'static str {
         "fgclip-layer-norm"
@@ -446,14 +427,7 @@ impl CustomOp3 for LayerNormOp {
             candle_core::bail!("layer_norm: input {:?} does not end in the parameters' size {d}", l1.dims());
         }
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(d * ROWS_PER_TASK).zip(x.par_chunks(d * ROWS_PER_TASK)).for_each(|(yc, xc)| {
-            for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
-                let (mean, rstd) = row_stats(xr, self.eps);
-                for i in 0..d {
-                    yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
-                }
-            }
-        });
+        fgclip_kernels::norm::layer_norm_rows(x, w, b, self.eps, &mut y, ROWS_PER_TASK);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -695,8 +669,7 @@ mod tests {
         let b = Var::from_tensor(&Tensor::randn(0f32, 0.1, 96, &dev).unwrap()).unwrap();
         let r = Tensor::randn(0f32, 1.0, (3, 50, 96), &dev).unwrap();
         let fused = layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap();
-        let ln = crate::nn::LayerNorm { weight: w.as_tensor().clone(), bias: b.as_tensor().clone(), eps: 1e-5 };
-        let composed = ln.forward_composed(x.as_tensor()).unwrap();
+        let composed = crate::nn::reference::layer_norm_composed(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap();
         check("layer_norm", &[&x, &w, &b], &fused, &composed, &r, 2e-5);
     }
 

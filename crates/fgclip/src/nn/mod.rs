@@ -1,25 +1,36 @@
-//! Layers shared by both families. Everything here is built from differentiable candle ops so the same
-//! code trains; where candle has a faster fused kernel without a gradient, it is used only when no tensor
-//! involved is tracked by autograd (see [`tracked`]), and a test checks both paths agree.
+//! The neural-network pieces shared by both families, layered so that each module only uses the ones above it
+//! in this list (no cycles):
+//!
+//! 1. leaf ops: [`mask`] (attention masks), [`reference`] (candle compositions), [`grad_ops`] (fused CPU ops
+//!    with hand-written backward), [`ops`] (the op set a layer computes with), [`interp`], [`roi_align`];
+//! 2. layers: [`layers`] (Linear, LayerNorm, activation, MLP) ← [`attention`] ← [`block`] (the pre-LN block),
+//!    [`map_head`] (FG-CLIP 2's pooling and dense heads);
+//! 3. [`fused`]: the fused CPU inference block, built from a layer;
+//! 4. [`encoder`]: a block as the plan built it (fused kernel or layer) and the stack of blocks.
 
 pub mod attention;
-pub mod fast;
+pub mod block;
+pub mod encoder;
+pub mod fused;
 pub mod grad_ops;
 pub mod interp;
 pub mod layers;
 pub mod map_head;
+pub mod mask;
+pub mod ops;
+pub mod reference;
 pub mod roi_align;
 
-pub use attention::{Attention, KeyMask};
-pub use layers::{Act, BlockDims, Encoder, EncoderLayer, LayerNorm, Linear, Mlp};
+pub use attention::Attention;
+pub use block::EncoderLayer;
+pub use encoder::{Block, BlockBuild, Encoder};
+pub use fused::GemmPrecision;
+pub use layers::{Act, LayerNorm, Linear, Mlp};
 pub use map_head::MapHead;
+pub use mask::KeyMask;
+pub use ops::OpSet;
 
 use candle_core::Tensor;
-
-/// True when autograd would record an op on any of `ts`.
-pub fn tracked(ts: &[&Tensor]) -> bool {
-    ts.iter().any(|t| t.track_op())
-}
 
 /// L2 normalisation along the last dimension, as the official code does it (`x / x.norm(dim=-1)`, no epsilon).
 /// A zero vector stays zero instead of becoming NaN, and so does its gradient.

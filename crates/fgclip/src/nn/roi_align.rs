@@ -1,5 +1,5 @@
 //! RoIAlign with torchvision's exact semantics for the one configuration both models use:
-//! `roi_align(fmap, boxes, output_size=(1,1), spatial_scale=1.0, sampling_ratio=-1, aligned=True)` (spec §4).
+//! `roi_align(fmap, boxes, output_size=(1,1), spatial_scale=1.0, sampling_ratio=-1, aligned=True)` ().
 //!
 //! With a 1×1 output, RoIAlign is linear in the feature map: each box is a weighted sum of grid cells. We build
 //! that `[K, H·W]` weight matrix on the host (sample positions and bilinear weights computed in f32 exactly as

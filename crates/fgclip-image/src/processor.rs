@@ -1,0 +1,209 @@
+//! One image processor for inference and training: built once from a family's defaults and the checkpoint's
+//! `preprocessor_config.json`, it turns decoded images into a framework-free [`PixelBatch`].
+//!
+//! * Square layout (FG-CLIP): PIL bicubic squash to `S×S`, then the processor's resize/crop when its size
+//!   differs from `S` (a no-op for every release), rescale and normalise → `[B, 3, S, S]`.
+//! * NaFlex layout (FG-CLIP 2): per image a patch budget ([`PatchBudget`]), the largest grid within it (aspect
+//!   kept, PIL bilinear), normalised patches → `[B, N, p·p·3]` with a `[B, N]` validity mask.
+
+use std::borrow::Borrow;
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use crate::{clip, naflex, resample, RgbImage};
+
+/// How images are laid out for the vision tower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PixelLayout {
+    /// Squashed to `size × size`; `processor_size` is the processor's own size when it differs (then its
+    /// shortest-edge resize and centre crop run on the squashed image).
+    Square { size: usize, processor_size: Option<usize> },
+    /// NaFlex patch sequences of `patch × patch` pixels.
+    Naflex { patch: usize },
+}
+
+/// FG-CLIP 2's patch budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PatchBudget {
+    /// The official dynamic bucket (128/256/576/784/1024) from each image's own size, so an image's pixels never
+    /// depend on the other images of the call (the official processor takes the max over the call).
+    #[default]
+    Dynamic,
+    /// A fixed budget: the official `dynamic_max_patches=False, max_num_patches=N`.
+    Fixed(usize),
+    /// The official training collator: the bucket of the largest image, for every image, and padding to it.
+    BatchMax,
+}
+
+/// A preprocessed batch, framework-free.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PixelBatch {
+    /// Row-major values of shape `dims`.
+    pub values: Vec<f32>,
+    /// `[B, 3, S, S]` (square) or `[B, N, p·p·3]` (NaFlex, padded to the longest image or to the budget).
+    pub dims: Vec<usize>,
+    /// NaFlex: `[B, N]`, 1 for real patches.
+    pub valid: Option<Vec<f32>>,
+    /// Feature grid (rows, cols) of each image: (g, g) for the square layout.
+    pub grids: Vec<(usize, usize)>,
+    /// Size (height, width) of each image as given (before any resize), for mapping pixel boxes.
+    pub sizes: Vec<(usize, usize)>,
+}
+
+/// Why a processor could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {msg}", path.display())]
+pub struct ProcessorConfigError {
+    pub path: std::path::PathBuf,
+    pub msg: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageProcessor {
+    pub layout: PixelLayout,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    /// Square patch size of the vision tower (the feature grid is `size / patch`).
+    pub patch: usize,
+    /// The training collator squashes images with a side below `.0` pixels to `.1 × .1` (PIL bicubic) first.
+    pub small_image_squash: Option<(usize, usize)>,
+}
+
+impl ImageProcessor {
+    /// FG-CLIP's processor: squash to `size`, OpenAI CLIP mean/std.
+    pub fn square(size: usize, patch: usize) -> Self {
+        Self {
+            layout: PixelLayout::Square { size, processor_size: None },
+            mean: clip::OPENAI_MEAN,
+            std: clip::OPENAI_STD,
+            patch,
+            small_image_squash: None,
+        }
+    }
+
+    /// FG-CLIP 2's processor: NaFlex patches, mean = std = 0.5.
+    pub fn naflex(patch: usize) -> Self {
+        Self {
+            layout: PixelLayout::Naflex { patch },
+            mean: naflex::FGCLIP2_MEAN,
+            std: naflex::FGCLIP2_STD,
+            patch,
+            small_image_squash: None,
+        }
+    }
+
+    /// Applies a `preprocessor_config.json`: `image_mean`, `image_std` (3 values, or 1 for all channels) and, for
+    /// the square layout, `size.shortest_edge` / `crop_size`. Absent fields keep the defaults.
+    pub fn with_config_file(mut self, path: &Path) -> Result<Self, ProcessorConfigError> {
+        let err = |msg: String| ProcessorConfigError { path: path.to_path_buf(), msg };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(format!("invalid JSON: {e}")))?;
+        let triple = |key: &str, def: [f32; 3]| -> Result<[f32; 3], ProcessorConfigError> {
+            match v.get(key) {
+                None => Ok(def),
+                Some(a) => {
+                    let xs: Vec<f32> = serde_json::from_value(a.clone()).map_err(|e| err(format!("field `{key}`: {e}")))?;
+                    match xs.as_slice() {
+                        [a, b, c] => Ok([*a, *b, *c]),
+                        [a] => Ok([*a; 3]),
+                        _ => Err(err(format!("field `{key}` must have 3 values"))),
+                    }
+                }
+            }
+        };
+        self.mean = triple("image_mean", self.mean)?;
+        self.std = triple("image_std", self.std)?;
+        if self.std.iter().any(|s| *s == 0.0 || !s.is_finite()) || self.mean.iter().any(|m| !m.is_finite()) {
+            return Err(err("field `image_std` has a zero or a non-finite value (or `image_mean` is not finite)".into()));
+        }
+        if let PixelLayout::Square { size, .. } = self.layout {
+            // When both equal the squash size the processor's resize and crop are no-ops; otherwise they act on
+            // the squashed image.
+            let edge = v.pointer("/size/shortest_edge").and_then(|x| x.as_u64()).map(|x| x as usize);
+            let crop = v.pointer("/crop_size/height").and_then(|x| x.as_u64()).map(|x| x as usize);
+            let processor_size = match (edge, crop) {
+                (Some(e), Some(c)) if e != c => {
+                    return Err(err(format!("size.shortest_edge {e} != crop_size {c} is not supported")));
+                }
+                (Some(0), _) | (_, Some(0)) => return Err(err("size.shortest_edge / crop_size must be positive".into())),
+                (Some(e), _) | (None, Some(e)) if e != size => Some(e),
+                _ => None,
+            };
+            self.layout = PixelLayout::Square { size, processor_size };
+        }
+        Ok(self)
+    }
+
+    /// The training collator's small-image rule (see [`ImageProcessor::small_image_squash`]).
+    pub fn with_small_image_squash(mut self, min_side: usize, to: usize) -> Self {
+        self.small_image_squash = Some((min_side, to));
+        self
+    }
+
+    /// Preprocesses `images` (in parallel). Errors name the problem (no images, a zero budget).
+    pub fn process<R: Borrow<RgbImage> + Sync>(&self, images: &[R], budget: PatchBudget) -> Result<PixelBatch, String> {
+        if images.is_empty() {
+            return Err("no images given".into());
+        }
+        let sizes: Vec<(usize, usize)> = images.iter().map(|im| (im.borrow().height, im.borrow().width)).collect();
+        let squashed: Vec<std::borrow::Cow<RgbImage>> = images
+            .par_iter()
+            .map(|im| im.borrow())
+            .map(|im| match self.small_image_squash {
+                Some((min, to)) if im.width < min || im.height < min => {
+                    std::borrow::Cow::Owned(resample::resize_bicubic(im, to, to))
+                }
+                _ => std::borrow::Cow::Borrowed(im),
+            })
+            .collect();
+        let b = images.len();
+        match self.layout {
+            PixelLayout::Square { size, processor_size } => {
+                let out = processor_size.unwrap_or(size);
+                let per: Vec<Vec<f32>> = squashed
+                    .par_iter()
+                    .map(|im| match processor_size {
+                        None => clip::preprocess(im, size, self.mean, self.std),
+                        Some(p) => {
+                            let sq = resample::resize_bicubic(im, size, size);
+                            clip::preprocess_processor_only(&sq, p, self.mean, self.std)
+                        }
+                    })
+                    .collect();
+                let g = out / self.patch.max(1);
+                Ok(PixelBatch { values: per.concat(), dims: vec![b, 3, out, out], valid: None, grids: vec![(g, g); b], sizes })
+            }
+            PixelLayout::Naflex { patch } => {
+                let (fixed, pad_to_budget) = match budget {
+                    PatchBudget::Fixed(0) => return Err("the patch budget (--max-patches) must be at least 1".into()),
+                    PatchBudget::Fixed(n) => (Some(n), false),
+                    PatchBudget::Dynamic => (None, false),
+                    PatchBudget::BatchMax => {
+                        let s: Vec<(usize, usize)> = squashed.iter().map(|im| (im.height, im.width)).collect();
+                        (Some(naflex::batch_max_patches(&s)), true)
+                    }
+                };
+                let per: Vec<naflex::NaflexImage> = squashed
+                    .par_iter()
+                    .map(|im| {
+                        let n = fixed.unwrap_or_else(|| naflex::bucket_max_patches(im.height, im.width));
+                        naflex::preprocess(im, patch, n, self.mean, self.std)
+                    })
+                    .collect();
+                let longest = per.iter().map(|x| x.num_patches()).max().unwrap_or(0);
+                let n = if pad_to_budget { fixed.unwrap_or(longest) } else { longest };
+                let nb = naflex::pad_batch(&per, n);
+                let valid = nb.pixel_attention_mask.iter().map(|&m| m as f32).collect();
+                let row = patch * patch * 3;
+                Ok(PixelBatch {
+                    values: nb.pixel_values,
+                    dims: vec![b, n, row],
+                    valid: Some(valid),
+                    grids: per.iter().map(|x| (x.grid_h, x.grid_w)).collect(),
+                    sizes,
+                })
+            }
+        }
+    }
+}
