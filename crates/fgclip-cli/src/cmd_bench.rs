@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use fgclip::checkpoint::Weights;
-use fgclip::config::{ClipTextConfig, ClipVisionConfig, FgClipConfig, Fgclip2Config, Fgclip2TextConfig, Fgclip2VisionConfig};
+use fgclip::config::{
+    ClipTextConfig, ClipVisionConfig, FgClipConfig, Fgclip2Config, Fgclip2TextConfig, Fgclip2VisionConfig,
+};
 use fgclip::fgclip1::FgClip;
 use fgclip::fgclip2::{FgClip2, NaflexInput};
 use fgclip::{flops, TextWalk};
@@ -69,8 +71,11 @@ pub const WORKLOADS: &[&str] = &[
 
 fn v1_config(large: bool) -> Result<FgClipConfig> {
     let (vision, text, proj) = if large {
-        (r#"{"hidden_size":1024,"num_hidden_layers":24,"num_attention_heads":16,"intermediate_size":4096,"patch_size":14,"image_size":336}"#,
-         r#"{"hidden_size":768,"num_hidden_layers":12,"num_attention_heads":12,"intermediate_size":3072}"#, 768)
+        (
+            r#"{"hidden_size":1024,"num_hidden_layers":24,"num_attention_heads":16,"intermediate_size":4096,"patch_size":14,"image_size":336}"#,
+            r#"{"hidden_size":768,"num_hidden_layers":12,"num_attention_heads":12,"intermediate_size":3072}"#,
+            768,
+        )
     } else {
         (r#"{"patch_size":16,"image_size":224}"#, "{}", 512)
     };
@@ -114,7 +119,11 @@ fn measure(batch: usize, warmup: usize, seconds: f64, mut step: impl FnMut() -> 
     }
     let total = start.elapsed().as_secs_f64();
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    Ok(Measured { items_per_s: (batch * lat.len()) as f64 / total, latency_ms_median: lat[lat.len() / 2] * 1e3, iterations: lat.len() })
+    Ok(Measured {
+        items_per_s: (batch * lat.len()) as f64 / total,
+        latency_ms_median: lat[lat.len() / 2] * 1e3,
+        iterations: lat.len(),
+    })
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -131,8 +140,12 @@ pub fn run(a: Args) -> Result<()> {
     std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
     let device = crate::common::parse_device(&a.device)?;
     let precision: fgclip::Precision = a.precision.parse()?;
-    let batches: Vec<usize> =
-        a.batch.split(',').map(|s| s.trim().parse::<usize>()).collect::<std::result::Result<_, _>>().context("--batch: comma-separated numbers")?;
+    let batches: Vec<usize> = a
+        .batch
+        .split(',')
+        .map(|s| s.trim().parse::<usize>())
+        .collect::<std::result::Result<_, _>>()
+        .context("--batch: comma-separated numbers")?;
     if batches.contains(&0) {
         bail!("--batch sizes must be at least 1");
     }
@@ -156,12 +169,18 @@ pub fn run(a: Args) -> Result<()> {
             if wl.ends_with("image") {
                 let s = cfg.vision.image_size;
                 let pv = Tensor::randn(0f32, 1.0, (b, 3, s, s), &device)?.to_dtype(dtype)?;
-                (measure(b, a.warmup, a.seconds, || Ok(model.image_features(&pv).map(|_| ())?))?, flops::fgclip_image(&cfg.vision, cfg.projection_dim))
+                (
+                    measure(b, a.warmup, a.seconds, || Ok(model.image_features(&pv).map(|_| ())?))?,
+                    flops::fgclip_image(&cfg.vision, cfg.projection_dim),
+                )
             } else {
                 let len: usize = wl.rsplit('-').next().unwrap().parse()?;
                 let ids = random_ids(b, len, 49406, Some(49407), &device)?;
                 let long = len > cfg.text.max_position_embeddings;
-                (measure(b, a.warmup, a.seconds, || Ok(model.text_features(&ids, long).map(|_| ())?))?, flops::fgclip_text(&cfg.text, len, cfg.projection_dim))
+                (
+                    measure(b, a.warmup, a.seconds, || Ok(model.text_features(&ids, long).map(|_| ())?))?,
+                    flops::fgclip_text(&cfg.text, len, cfg.projection_dim),
+                )
             }
         } else {
             let cfg = v2_config()?;
@@ -173,11 +192,17 @@ pub fn run(a: Args) -> Result<()> {
                 let valid = Tensor::ones((b, n), DType::F32, &device)?;
                 let grids = vec![(g, g); b];
                 let input = NaflexInput { pixel_values: &pv, valid: &valid, grids: &grids };
-                (measure(b, a.warmup, a.seconds, || Ok(model.image_features(&input).map(|_| ())?))?, flops::fgclip2_image(&cfg.vision, n))
+                (
+                    measure(b, a.warmup, a.seconds, || Ok(model.image_features(&input).map(|_| ())?))?,
+                    flops::fgclip2_image(&cfg.vision, n),
+                )
             } else {
                 let ids = random_ids(b, n, 255_999, None, &device)?;
                 let walk = if n > cfg.text.max_position_embeddings { TextWalk::Long } else { TextWalk::Short };
-                (measure(b, a.warmup, a.seconds, || Ok(model.text_features(&ids, None, walk).map(|_| ())?))?, flops::fgclip2_text(&cfg.text, n))
+                (
+                    measure(b, a.warmup, a.seconds, || Ok(model.text_features(&ids, None, walk).map(|_| ())?))?,
+                    flops::fgclip2_text(&cfg.text, n),
+                )
             }
         };
         let gflops = m.items_per_s * flops_per_item / 1e9;
@@ -227,7 +252,9 @@ fn bench_preprocess(which: &str, b: usize, a: &Args) -> Result<(Measured, f64)> 
         image::Rgb([v, v.wrapping_add((x * 3 % 97) as u8), v.wrapping_sub((y * 5 % 89) as u8)])
     });
     let mut jpeg = vec![];
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90).encode_image(&img).context("encoding the test JPEG")?;
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+        .encode_image(&img)
+        .context("encoding the test JPEG")?;
     let v2 = which.starts_with("fgclip2");
     let m = measure(b, a.warmup, a.seconds, || {
         for _ in 0..b {
@@ -281,7 +308,8 @@ fn config_json(wl: &str) -> Result<serde_json::Value> {
 fn write_checkpoint(wl: &str, dir: &std::path::Path, tokenizer_from: Option<&std::path::Path>) -> Result<()> {
     // Building the model on random weights records every tensor it needs, with its shape.
     let w = Weights::random(0.02, DType::F32, &Device::Cpu);
-    let plan = fgclip::ExecutionPlan::inference(&Device::Cpu, fgclip::Precision::F32, fgclip::Kernels::Reference, None)?;
+    let plan =
+        fgclip::ExecutionPlan::inference(&Device::Cpu, fgclip::Precision::F32, fgclip::Kernels::Reference, None)?;
     if is_v1(wl) {
         FgClip::load(&w, &v1_config(wl.contains("large"))?, &plan)?;
     } else {
@@ -293,7 +321,14 @@ fn write_checkpoint(wl: &str, dir: &std::path::Path, tokenizer_from: Option<&std
     let tensors: std::collections::BTreeMap<String, Tensor> = w.recorded().into_iter().collect();
     crate::common::write_safetensors(&dir.join("model.safetensors"), &tensors, Default::default())?;
     if let Some(src) = tokenizer_from {
-        for f in ["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json", "preprocessor_config.json"] {
+        for f in [
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "vocab.json",
+            "merges.txt",
+            "special_tokens_map.json",
+            "preprocessor_config.json",
+        ] {
             if src.join(f).is_file() {
                 std::fs::copy(src.join(f), dir.join(f)).with_context(|| format!("copying {f}"))?;
             }
@@ -325,7 +360,9 @@ fn bench_train(b: usize, a: &Args, device: &Device) -> Result<(Measured, f64)> {
     let _ = std::fs::remove_dir_all(&dir);
     // --reference: the composed candle ops instead of our fused training ops (to measure what those buy).
     let model = model?.with_kernels(if a.reference { fgclip::Kernels::Reference } else { fgclip::Kernels::Auto })?;
-    let Some(m) = model.towers.as_any().downcast_ref::<FgClip>() else { bail!("train-fgclip-base builds an FG-CLIP model") };
+    let Some(m) = model.towers.as_any().downcast_ref::<FgClip>() else {
+        bail!("train-fgclip-base builds an FG-CLIP model")
+    };
     let cfg = v1_config(false)?;
     let long = m.text_model.long_len;
     let s = cfg.vision.image_size;
@@ -340,6 +377,7 @@ fn bench_train(b: usize, a: &Args, device: &Device) -> Result<(Measured, f64)> {
         opt.step(&grads, 1e-5, 1.0)?;
         Ok(())
     })?;
-    let fwd = flops::fgclip_image(&cfg.vision, cfg.projection_dim) + flops::fgclip_text(&cfg.text, long, cfg.projection_dim);
+    let fwd =
+        flops::fgclip_image(&cfg.vision, cfg.projection_dim) + flops::fgclip_text(&cfg.text, long, cfg.projection_dim);
     Ok((m, 3.0 * fwd))
 }

@@ -69,7 +69,8 @@ pub fn run(a: Args) -> Result<()> {
     let (size, grid) = (prepared.sizes[0], prepared.grids[0]);
     // Every box is checked before any tower pass, so the error names the flag as the user wrote it.
     for (k, b) in boxes.iter().enumerate() {
-        fgclip::model::pixel_box_to_grid(b, size, grid).map_err(|e| anyhow::anyhow!("--box #{} {}: {e}", k + 1, fmt_box(b)))?;
+        fgclip::model::pixel_box_to_grid(b, size, grid)
+            .map_err(|e| anyhow::anyhow!("--box #{} {}: {e}", k + 1, fmt_box(b)))?;
     }
     let text = common::encode_labels(&model, &labels, &a.templates, walk)?;
     let results = fgclip::tasks::label_boxes(&model, &img, &boxes, &text, budget).context("labelling the boxes")?;
@@ -102,7 +103,8 @@ pub fn run(a: Args) -> Result<()> {
                     j["score"] = serde_json::json!(s[best]);
                     j["cosine"] = serde_json::json!(c[best]);
                     if let Some(n) = second {
-                        j["runner_up"] = serde_json::json!({ "label": labels[n], "index": n, "score": s[n], "cosine": c[n] });
+                        j["runner_up"] =
+                            serde_json::json!({ "label": labels[n], "index": n, "score": s[n], "cosine": c[n] });
                     }
                     j["scores"] = serde_json::json!(s);
                     j["cosines"] = serde_json::json!(c);

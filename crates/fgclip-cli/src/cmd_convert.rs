@@ -24,7 +24,8 @@ pub fn run(a: Args) -> Result<()> {
         bail!("{} already holds a model (use --overwrite to replace it)", a.out.display());
     }
     let src = fgclip::hub::resolve(&a.backbone).with_context(|| format!("backbone {}", a.backbone))?.root;
-    let family = fgclip_train::init::convert_backbone(&src, &a.out).with_context(|| format!("converting {}", src.display()))?;
+    let family =
+        fgclip_train::init::convert_backbone(&src, &a.out).with_context(|| format!("converting {}", src.display()))?;
     println!("{} written to {} (from {})", family.name(), a.out.display(), a.backbone);
     Ok(())
 }

@@ -79,7 +79,13 @@ pub fn run(a: Args) -> Result<()> {
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("{}: {} lines, model {} ({})", a.data.display(), file.lines.len(), a.model.model, model.family().name());
+        println!(
+            "{}: {} lines, model {} ({})",
+            a.data.display(),
+            file.lines.len(),
+            a.model.model,
+            model.family().name()
+        );
         println!("{:<28} {:>8} {:>8} {:>9}", "test_type", "correct", "total", "accuracy");
         for (t, s) in &report.by_type {
             println!("{:<28} {:>8} {:>8} {:>8.2}%", t, s.correct, s.total, 100.0 * s.accuracy);

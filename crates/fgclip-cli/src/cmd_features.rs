@@ -66,7 +66,10 @@ pub fn run(a: Args) -> Result<()> {
         Some(p) => {
             let s = std::fs::read_to_string(p).with_context(|| format!("reading boxes file {}", p.display()))?;
             let b: Vec<Vec<Vec<f64>>> = serde_json::from_str(&s).with_context(|| {
-                format!("boxes file {}: expected a JSON array (one entry per image) of lists of [x1,y1,x2,y2]", p.display())
+                format!(
+                    "boxes file {}: expected a JSON array (one entry per image) of lists of [x1,y1,x2,y2]",
+                    p.display()
+                )
             })?;
             if b.len() != a.images.len() {
                 bail!("boxes file {}: has {} entries but {} images were given", p.display(), b.len(), a.images.len());
@@ -76,7 +79,10 @@ pub fn run(a: Args) -> Result<()> {
                 let mut v = vec![];
                 for (k, bx) in img.iter().enumerate() {
                     if bx.len() != 4 || bx.iter().any(|x| !x.is_finite()) {
-                        bail!("boxes file {}: image {i}, box {k}: expected 4 finite numbers [x1,y1,x2,y2]", p.display());
+                        bail!(
+                            "boxes file {}: image {i}, box {k}: expected 4 finite numbers [x1,y1,x2,y2]",
+                            p.display()
+                        );
                     }
                     v.push([bx[0] as f32, bx[1] as f32, bx[2] as f32, bx[3] as f32]);
                 }

@@ -78,7 +78,8 @@ pub fn run(a: Args) -> Result<()> {
 
     // Min-max scale for display; a flat map (no contrast at all) is shown mid-scale rather than dividing by 0.
     let range = hi - lo;
-    let scaled: Vec<f32> = if range > 1e-12 { cos.iter().map(|v| (v - lo) / range).collect() } else { vec![0.5; cos.len()] };
+    let scaled: Vec<f32> =
+        if range > 1e-12 { cos.iter().map(|v| (v - lo) / range).collect() } else { vec![0.5; cos.len()] };
     let up = draw::upsample_bilinear(&scaled, rows, cols, h, w);
     let mut heat = image::RgbImage::new(w as u32, h as u32);
     for (p, v) in heat.pixels_mut().zip(&up) {

@@ -107,11 +107,24 @@ pub fn run(a: Args) -> Result<()> {
     }
     println!("{} ({})", a.model.model, model.family().name());
     println!("  folder            {}", model.files.root.display());
-    println!("  parameters        {:.1} M   weights {:.1} MB in {} file(s), stored as {}",
-        params as f64 / 1e6, disk as f64 / 1e6, model.files.weights.len(), model.weights.storage_dtypes().join("/"));
+    println!(
+        "  parameters        {:.1} M   weights {:.1} MB in {} file(s), stored as {}",
+        params as f64 / 1e6,
+        disk as f64 / 1e6,
+        model.files.weights.len(),
+        model.weights.storage_dtypes().join("/")
+    );
     println!("  embedding dim     {}", model.embed_dim());
-    println!("  text lengths      short {}  long {}  box {}", model.text_len(TextWalk::Short), model.text_len(TextWalk::Long), model.text_len(TextWalk::Box));
-    println!("  text mask         {}", if model.uses_text_mask() { "yes (tokenizer returns attention_mask)" } else { "no" });
+    println!(
+        "  text lengths      short {}  long {}  box {}",
+        model.text_len(TextWalk::Short),
+        model.text_len(TextWalk::Long),
+        model.text_len(TextWalk::Box)
+    );
+    println!(
+        "  text mask         {}",
+        if model.uses_text_mask() { "yes (tokenizer returns attention_mask)" } else { "no" }
+    );
     println!("  logits            {}", j["logits"].as_str().unwrap_or(""));
     for (k, v) in model.plan().describe() {
         println!("  {:<17} {v}", format!("plan.{k}"));

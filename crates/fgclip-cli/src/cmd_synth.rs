@@ -53,7 +53,8 @@ pub fn run(a: Args) -> Result<()> {
     cfg.validate()?;
     let pb = common::progress((a.train + a.test) as u64, "images", a.json);
     let t0 = std::time::Instant::now();
-    let summary = synth::generate(&cfg, &a.out, &|n| pb.inc(n)).with_context(|| format!("generating into {}", a.out.display()))?;
+    let summary = synth::generate(&cfg, &a.out, &|n| pb.inc(n))
+        .with_context(|| format!("generating into {}", a.out.display()))?;
     pb.finish_and_clear();
     // A tiny FG-CLIP (config + word-level tokenizer over every word of both splits) to train from scratch
     // without downloads: `fgclip train --set model.config=OUT/tiny-model/config.json --set model.tokenizer=OUT/tiny-model`.

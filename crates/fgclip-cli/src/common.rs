@@ -68,7 +68,8 @@ pub fn read_labels(list: Option<&str>, file: Option<&std::path::Path>) -> Result
     }
     if let Some(f) = file {
         let text = std::fs::read_to_string(f).with_context(|| format!("reading labels file {}", f.display()))?;
-        labels.extend(text.lines().map(|s| s.trim()).filter(|s| !s.is_empty() && !s.starts_with('#')).map(String::from));
+        labels
+            .extend(text.lines().map(|s| s.trim()).filter(|s| !s.is_empty() && !s.starts_with('#')).map(String::from));
     }
     if labels.is_empty() {
         bail!("the label list is empty: give --labels \"a,b,c\" or --labels-file F");
@@ -166,7 +167,12 @@ pub fn check_templates(templates: &[String]) -> Result<()> {
 }
 
 /// L2-normalised (template-averaged) label embeddings, errors phrased for the command line.
-pub fn encode_labels(model: &Model, labels: &[String], templates: &[String], walk: fgclip::TextWalk) -> Result<candle_core::Tensor> {
+pub fn encode_labels(
+    model: &Model,
+    labels: &[String],
+    templates: &[String],
+    walk: fgclip::TextWalk,
+) -> Result<candle_core::Tensor> {
     if labels.is_empty() {
         bail!("the label list is empty: give --labels \"a,b,c\" or --labels-file F");
     }

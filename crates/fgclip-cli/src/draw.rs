@@ -306,7 +306,15 @@ pub fn draw_text(img: &mut RgbImage, x: i64, y: i64, text: &str, color: [u8; 3],
 
 /// Draws `text` on a filled background box (padding of one font pixel) with its top-left corner at (x, y),
 /// shifted to stay inside the image where it fits. Returns the box drawn `(x, y, w, h)`.
-pub fn draw_label(img: &mut RgbImage, x: i64, y: i64, text: &str, fg: [u8; 3], bg: [u8; 3], scale: u32) -> (i64, i64, i64, i64) {
+pub fn draw_label(
+    img: &mut RgbImage,
+    x: i64,
+    y: i64,
+    text: &str,
+    fg: [u8; 3],
+    bg: [u8; 3],
+    scale: u32,
+) -> (i64, i64, i64, i64) {
     let (tw, th) = text_size(text, scale);
     let pad = scale.max(1) as i64;
     let (bw, bh) = (tw as i64 + 2 * pad, th as i64 + 2 * pad);

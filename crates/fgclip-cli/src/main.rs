@@ -2,22 +2,26 @@
 //! the library. Human output by default, `--json` for machines; errors go to stderr with a non-zero exit.
 
 mod cmd_bench;
-mod common;
-mod draw;
 mod cmd_boxes;
 mod cmd_classify;
+mod cmd_convert;
+mod cmd_eval;
 mod cmd_features;
 mod cmd_heatmap;
 mod cmd_info;
-mod cmd_train;
 mod cmd_synth;
-mod cmd_eval;
-mod cmd_convert;
+mod cmd_train;
+mod common;
+mod draw;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "fgclip", version, about = "FG-CLIP and FG-CLIP 2 (fine-grained CLIP) in Rust: features, zero-shot, boxes, heatmaps")]
+#[command(
+    name = "fgclip",
+    version,
+    about = "FG-CLIP and FG-CLIP 2 (fine-grained CLIP) in Rust: features, zero-shot, boxes, heatmaps"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -70,7 +74,8 @@ fn main() {
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let result = match cli.command {
         Command::Features(a) => cmd_features::run(a),

@@ -15,23 +15,13 @@ fn main() {
     let path = args.next().map(PathBuf::from).unwrap_or_else(|| {
         let root = std::env::var_os("FGCLIP_FIXTURES")
             .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
-            });
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"));
         root.join("images/cat_dfclor.jpg")
     });
-    let iters: usize = args
-        .next()
-        .map(|s| s.parse().expect("ITERATIONS"))
-        .unwrap_or(200);
+    let iters: usize = args.next().map(|s| s.parse().expect("ITERATIONS")).unwrap_or(200);
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let img = load_rgb(&path).unwrap();
-    println!(
-        "{} ({}x{}), {iters} iterations, 1 thread",
-        path.display(),
-        img.width,
-        img.height
-    );
+    println!("{} ({}x{}), {iters} iterations, 1 thread", path.display(), img.width, img.height);
     let name = path.display().to_string();
 
     let bench = |label: &str, f: &dyn Fn() -> usize| {
@@ -49,9 +39,7 @@ fn main() {
         );
     };
     let bucket = naflex::bucket_max_patches(img.height, img.width);
-    bench("decode", &|| {
-        fgclip_image::decode_rgb(&bytes, &name).unwrap().data.len()
-    });
+    bench("decode", &|| fgclip_image::decode_rgb(&bytes, &name).unwrap().data.len());
     bench("v1 resize+normalize 224 (no decode)", &|| {
         clip::preprocess(&img, 224, clip::OPENAI_MEAN, clip::OPENAI_STD).len()
     });
@@ -65,22 +53,13 @@ fn main() {
     });
     bench("decode + naflex 256", &|| {
         let im = fgclip_image::decode_rgb(&bytes, &name).unwrap();
-        naflex::preprocess(&im, 16, 256, naflex::FGCLIP2_MEAN, naflex::FGCLIP2_STD)
-            .pixel_values
-            .len()
+        naflex::preprocess(&im, 16, 256, naflex::FGCLIP2_MEAN, naflex::FGCLIP2_STD).pixel_values.len()
     });
     bench(&format!("naflex {bucket} (no decode)"), &|| {
-        naflex::preprocess(&img, 16, bucket, naflex::FGCLIP2_MEAN, naflex::FGCLIP2_STD)
-            .pixel_values
-            .len()
+        naflex::preprocess(&img, 16, bucket, naflex::FGCLIP2_MEAN, naflex::FGCLIP2_STD).pixel_values.len()
     });
-    bench(
-        &format!("decode + naflex {bucket} (dynamic bucket)"),
-        &|| {
-            let im = fgclip_image::decode_rgb(&bytes, &name).unwrap();
-            naflex::preprocess(&im, 16, bucket, naflex::FGCLIP2_MEAN, naflex::FGCLIP2_STD)
-                .pixel_values
-                .len()
-        },
-    );
+    bench(&format!("decode + naflex {bucket} (dynamic bucket)"), &|| {
+        let im = fgclip_image::decode_rgb(&bytes, &name).unwrap();
+        naflex::preprocess(&im, 16, bucket, naflex::FGCLIP2_MEAN, naflex::FGCLIP2_STD).pixel_values.len()
+    });
 }

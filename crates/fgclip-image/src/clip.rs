@@ -57,36 +57,19 @@ pub fn preprocess(img: &RgbImage, size: usize, mean: [f32; 3], std: [f32; 3]) ->
 }
 
 /// Bicubic squash to `height`×`width` (PIL `resize((width, height))`), rescale, normalise → `[3, H, W]`.
-pub fn preprocess_hw(
-    img: &RgbImage,
-    height: usize,
-    width: usize,
-    mean: [f32; 3],
-    std: [f32; 3],
-) -> Vec<f32> {
+pub fn preprocess_hw(img: &RgbImage, height: usize, width: usize, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
     to_chw_normalized(&resize_bicubic(img, width, height), mean, std)
 }
 
 /// [`preprocess`] over many images in parallel (rayon); each item is `[3, S, S]`.
-pub fn preprocess_many(
-    imgs: &[RgbImage],
-    size: usize,
-    mean: [f32; 3],
-    std: [f32; 3],
-) -> Vec<Vec<f32>> {
-    imgs.par_iter()
-        .map(|im| preprocess(im, size, mean, std))
-        .collect()
+pub fn preprocess_many(imgs: &[RgbImage], size: usize, mean: [f32; 3], std: [f32; 3]) -> Vec<Vec<f32>> {
+    imgs.par_iter().map(|im| preprocess(im, size, mean, std)).collect()
 }
 
 /// transformers `get_resize_output_image_size(image, size=shortest_edge, default_to_square=False)`:
 /// the short side becomes `shortest_edge`, the long side `int(shortest_edge * long / short)`. Returns `(h, w)`.
 pub fn shortest_edge_size(height: usize, width: usize, shortest_edge: usize) -> (usize, usize) {
-    let (short, long) = if width <= height {
-        (width, height)
-    } else {
-        (height, width)
-    };
+    let (short, long) = if width <= height { (width, height) } else { (height, width) };
     let new_long = (shortest_edge as f64 * long as f64 / short as f64) as usize;
     if width <= height {
         (new_long, shortest_edge)
@@ -97,10 +80,7 @@ pub fn shortest_edge_size(height: usize, width: usize, shortest_edge: usize) -> 
 
 /// transformers `center_crop` (top = (H - h) // 2, left = (W - w) // 2) for a crop no larger than the image.
 pub fn center_crop(img: &RgbImage, crop_h: usize, crop_w: usize) -> RgbImage {
-    assert!(
-        crop_h <= img.height && crop_w <= img.width,
-        "center_crop larger than the image is not supported"
-    );
+    assert!(crop_h <= img.height && crop_w <= img.width, "center_crop larger than the image is not supported");
     let top = (img.height - crop_h) / 2;
     let left = (img.width - crop_w) / 2;
     let mut data = Vec::with_capacity(crop_h * crop_w * 3);
@@ -108,21 +88,12 @@ pub fn center_crop(img: &RgbImage, crop_h: usize, crop_w: usize) -> RgbImage {
         let start = (y * img.width + left) * 3;
         data.extend_from_slice(&img.data[start..start + crop_w * 3]);
     }
-    RgbImage {
-        width: crop_w,
-        height: crop_h,
-        data,
-    }
+    RgbImage { width: crop_w, height: crop_h, data }
 }
 
 /// `CLIPImageProcessor` alone on the raw image: shortest edge → `size` (bicubic), center crop `size`×`size`,
 /// rescale, normalise → `[3, S, S]`. Not the official FG-CLIP path (which squashes first).
-pub fn preprocess_processor_only(
-    img: &RgbImage,
-    size: usize,
-    mean: [f32; 3],
-    std: [f32; 3],
-) -> Vec<f32> {
+pub fn preprocess_processor_only(img: &RgbImage, size: usize, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
     let (h, w) = shortest_edge_size(img.height, img.width, size);
     let resized = resize_bicubic(img, w, h);
     to_chw_normalized(&center_crop(&resized, size, size), mean, std)

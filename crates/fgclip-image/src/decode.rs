@@ -36,16 +36,9 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ImageError::NotFound {
-                path: path.to_path_buf(),
-            })
+            return Err(ImageError::NotFound { path: path.to_path_buf() })
         }
-        Err(e) => {
-            return Err(ImageError::Unreadable {
-                path: path.to_path_buf(),
-                source: e,
-            })
-        }
+        Err(e) => return Err(ImageError::Unreadable { path: path.to_path_buf(), source: e }),
     };
     decode_rgb(&bytes, &path.display().to_string())
 }
@@ -55,22 +48,16 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
 pub fn decode_rgb(bytes: &[u8], name_for_errors: &str) -> Result<RgbImage, ImageError> {
     let name = name_for_errors;
     if bytes.is_empty() {
-        return Err(ImageError::Empty {
-            name: name.to_string(),
-        });
+        return Err(ImageError::Empty { name: name.to_string() });
     }
     // Pillow's JpegImagePlugin._accept: the first three bytes are FF D8 FF.
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
         return decode_jpeg(bytes, name);
     }
     match image::guess_format(bytes) {
-        Ok(
-            fmt @ (ImageFormat::Png
-            | ImageFormat::Gif
-            | ImageFormat::WebP
-            | ImageFormat::Bmp
-            | ImageFormat::Tiff),
-        ) => decode_with_image_crate(bytes, fmt, name),
+        Ok(fmt @ (ImageFormat::Png | ImageFormat::Gif | ImageFormat::WebP | ImageFormat::Bmp | ImageFormat::Tiff)) => {
+            decode_with_image_crate(bytes, fmt, name)
+        }
         Ok(fmt) => Err(ImageError::UnsupportedFormat {
             name: name.to_string(),
             detail: format!("{fmt:?} is not supported (JPEG, PNG, WebP, GIF, BMP, TIFF are)"),
@@ -96,19 +83,10 @@ fn hex_prefix(bytes: &[u8]) -> String {
 
 fn check_size(name: &str, width: usize, height: usize) -> Result<(), ImageError> {
     if width == 0 || height == 0 {
-        return Err(ImageError::ZeroSize {
-            name: name.to_string(),
-            width,
-            height,
-        });
+        return Err(ImageError::ZeroSize { name: name.to_string(), width, height });
     }
     if width.saturating_mul(height) > MAX_IMAGE_PIXELS {
-        return Err(ImageError::TooLarge {
-            name: name.to_string(),
-            width,
-            height,
-            limit: MAX_IMAGE_PIXELS,
-        });
+        return Err(ImageError::TooLarge { name: name.to_string(), width, height, limit: MAX_IMAGE_PIXELS });
     }
     Ok(())
 }
@@ -138,17 +116,11 @@ unsafe fn jpeg_message(cinfo: &mut jsys::jpeg_common_struct) -> String {
     if fmt_ptr.is_null() {
         return format!("libjpeg error code {code}");
     }
-    let fmt = std::ffi::CStr::from_ptr(fmt_ptr)
-        .to_string_lossy()
-        .into_owned();
+    let fmt = std::ffi::CStr::from_ptr(fmt_ptr).to_string_lossy().into_owned();
     let ints: [i32; 8] = *err.msg_parm.i();
     let s_bytes: [i8; 80] = *err.msg_parm.s();
     let s_arg: String = {
-        let bytes: Vec<u8> = s_bytes
-            .iter()
-            .take_while(|&&c| c != 0)
-            .map(|&c| c as u8)
-            .collect();
+        let bytes: Vec<u8> = s_bytes.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     };
     // Same rule as libjpeg's format_message: a message with "%s" takes the string parameter, otherwise up to
@@ -185,19 +157,14 @@ unsafe fn jpeg_message(cinfo: &mut jsys::jpeg_common_struct) -> String {
                     'x' => format!("{:x}", v),
                     'X' => format!("{:X}", v),
                     'u' => format!("{}", v as u32),
-                    'c' => char::from_u32(v as u32)
-                        .map(String::from)
-                        .unwrap_or_default(),
+                    'c' => char::from_u32(v as u32).map(String::from).unwrap_or_default(),
                     _ => v.to_string(),
                 }
             }
             other => format!("%{other}"),
         };
         if value.len() < width {
-            out.extend(std::iter::repeat_n(
-                if zero { '0' } else { ' ' },
-                width - value.len(),
-            ));
+            out.extend(std::iter::repeat_n(if zero { '0' } else { ' ' }, width - value.len()));
         }
         out.push_str(&value);
     }
@@ -210,10 +177,7 @@ unsafe extern "C-unwind" fn jpeg_error_exit(cinfo: &mut jsys::jpeg_common_struct
     panic::resume_unwind(Box::new(JpegAbort::Fatal(msg)));
 }
 
-unsafe extern "C-unwind" fn jpeg_emit_message(
-    cinfo: &mut jsys::jpeg_common_struct,
-    level: std::os::raw::c_int,
-) {
+unsafe extern "C-unwind" fn jpeg_emit_message(cinfo: &mut jsys::jpeg_common_struct, level: std::os::raw::c_int) {
     // level -1 = warning. Pillow ignores libjpeg warnings ("Corrupt JPEG data: N extraneous bytes", ...) except
     // running out of data, which its suspending source turns into "image file is truncated".
     if level == -1 && (*cinfo.err).msg_code == jsys::JWRN_JPEG_EOF as std::os::raw::c_int {
@@ -247,15 +211,9 @@ fn decode_jpeg(bytes: &[u8], name: &str) -> Result<RgbImage, ImageError> {
                 // e.g. "Unsupported JPEG process: SOF type 0xc3" (lossless JPEG, which libjpeg-turbo 3 / Pillow can
                 // read but this libjpeg-turbo-2-based decoder cannot) or unsupported colour transforms.
                 JpegAbort::Fatal(msg) if msg.starts_with("Unsupported") => {
-                    ImageError::UnsupportedFormat {
-                        name: name.to_string(),
-                        detail: format!("JPEG: {msg}"),
-                    }
+                    ImageError::UnsupportedFormat { name: name.to_string(), detail: format!("JPEG: {msg}") }
                 }
-                JpegAbort::Fatal(msg) => ImageError::Corrupt {
-                    name: name.to_string(),
-                    detail: format!("JPEG: {msg}"),
-                },
+                JpegAbort::Fatal(msg) => ImageError::Corrupt { name: name.to_string(), detail: format!("JPEG: {msg}") },
             },
             // Anything else is a bug in this crate or the wrapper: keep it a panic.
             Err(other) => panic::resume_unwind(other),
@@ -265,15 +223,9 @@ fn decode_jpeg(bytes: &[u8], name: &str) -> Result<RgbImage, ImageError> {
 
 fn io_to_image_error(e: std::io::Error, name: &str) -> ImageError {
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        ImageError::Truncated {
-            name: name.to_string(),
-            detail: "JPEG data ends before the end of the image".into(),
-        }
+        ImageError::Truncated { name: name.to_string(), detail: "JPEG data ends before the end of the image".into() }
     } else {
-        ImageError::Corrupt {
-            name: name.to_string(),
-            detail: format!("JPEG: {e}"),
-        }
+        ImageError::Corrupt { name: name.to_string(), detail: format!("JPEG: {e}") }
     }
 }
 
@@ -288,20 +240,14 @@ fn decode_jpeg_inner(bytes: &[u8], name: &str) -> Result<RgbImage, ImageError> {
     let cmyk = matches!(d.color_space(), JCS_CMYK | JCS_YCCK);
     let data = if cmyk {
         // Pillow: mode "CMYK" read with raw mode "CMYK;I" (Adobe inverted convention assumed), then cmyk2rgb.
-        let mut s = d
-            .to_colorspace(JCS_CMYK)
-            .map_err(|e| io_to_image_error(e, name))?;
-        let px: Vec<u8> = s
-            .read_scanlines::<u8>()
-            .map_err(|e| io_to_image_error(e, name))?;
+        let mut s = d.to_colorspace(JCS_CMYK).map_err(|e| io_to_image_error(e, name))?;
+        let px: Vec<u8> = s.read_scanlines::<u8>().map_err(|e| io_to_image_error(e, name))?;
         s.finish().map_err(|e| io_to_image_error(e, name))?;
         cmyk_inverted_to_rgb(&px)
     } else {
         // YCbCr / grayscale / RGB JPEGs: libjpeg's RGB output equals Pillow's "RGB" / "L" → convert("RGB").
         let mut s = d.rgb().map_err(|e| io_to_image_error(e, name))?;
-        let px: Vec<u8> = s
-            .read_scanlines::<u8>()
-            .map_err(|e| io_to_image_error(e, name))?;
+        let px: Vec<u8> = s.read_scanlines::<u8>().map_err(|e| io_to_image_error(e, name))?;
         s.finish().map_err(|e| io_to_image_error(e, name))?;
         px
     };
@@ -322,12 +268,7 @@ fn muldiv255(a: i32, b: i32) -> i32 {
 fn cmyk_inverted_to_rgb(px: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(px.len() / 4 * 3);
     for p in px.chunks_exact(4) {
-        let (c, m, y, k) = (
-            255 - p[0] as i32,
-            255 - p[1] as i32,
-            255 - p[2] as i32,
-            255 - p[3] as i32,
-        );
+        let (c, m, y, k) = (255 - p[0] as i32, 255 - p[1] as i32, 255 - p[2] as i32, 255 - p[3] as i32);
         let nk = 255 - k;
         for v in [c, m, y] {
             out.push((nk - muldiv255(v, nk)).clamp(0, 255) as u8);
@@ -357,38 +298,22 @@ fn map_image_error(e: image::ImageError, name: &str, fmt: ImageFormat) -> ImageE
     let what = format_name(fmt);
     match e {
         image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            ImageError::Truncated {
-                name,
-                detail: format!("{what} data ends early"),
-            }
+            ImageError::Truncated { name, detail: format!("{what} data ends early") }
         }
-        image::ImageError::Unsupported(u) => ImageError::UnsupportedFormat {
-            name,
-            detail: format!("{what}: {u}"),
-        },
+        image::ImageError::Unsupported(u) => ImageError::UnsupportedFormat { name, detail: format!("{what}: {u}") },
         other => {
             let msg = other.to_string();
             let lower = msg.to_lowercase();
             if lower.contains("eof") || lower.contains("end of file") || lower.contains("truncat") {
-                ImageError::Truncated {
-                    name,
-                    detail: format!("{what}: {msg}"),
-                }
+                ImageError::Truncated { name, detail: format!("{what}: {msg}") }
             } else {
-                ImageError::Corrupt {
-                    name,
-                    detail: format!("{what}: {msg}"),
-                }
+                ImageError::Corrupt { name, detail: format!("{what}: {msg}") }
             }
         }
     }
 }
 
-fn decode_with_image_crate(
-    bytes: &[u8],
-    fmt: ImageFormat,
-    name: &str,
-) -> Result<RgbImage, ImageError> {
+fn decode_with_image_crate(bytes: &[u8], fmt: ImageFormat, name: &str) -> Result<RgbImage, ImageError> {
     let (w, h) = image::ImageReader::with_format(Cursor::new(bytes), fmt)
         .into_dimensions()
         .map_err(|e| map_image_error(e, name, fmt))?;
@@ -406,18 +331,10 @@ fn dynamic_to_rgb_like_pil(img: DynamicImage) -> RgbImage {
     let data: Vec<u8> = match img {
         DynamicImage::ImageRgb8(b) => b.into_raw(),
         // "RGBA" → "RGB": alpha dropped, no compositing.
-        DynamicImage::ImageRgba8(b) => b
-            .into_raw()
-            .chunks_exact(4)
-            .flat_map(|p| [p[0], p[1], p[2]])
-            .collect(),
+        DynamicImage::ImageRgba8(b) => b.into_raw().chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
         // "L" → "RGB" replicates; "LA" → "RGB" replicates L, drops A.
         DynamicImage::ImageLuma8(b) => b.into_raw().iter().flat_map(|&v| [v, v, v]).collect(),
-        DynamicImage::ImageLumaA8(b) => b
-            .into_raw()
-            .chunks_exact(2)
-            .flat_map(|p| [p[0], p[0], p[0]])
-            .collect(),
+        DynamicImage::ImageLumaA8(b) => b.into_raw().chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
         // 16-bit gray opens as "I;16"; Pillow's I;16 → RGB conversion clips at 255 (no scaling).
         DynamicImage::ImageLuma16(b) => b
             .into_raw()
@@ -444,9 +361,5 @@ fn dynamic_to_rgb_like_pil(img: DynamicImage) -> RgbImage {
             .collect(),
         other => other.to_rgb8().into_raw(),
     };
-    RgbImage {
-        width: w,
-        height: h,
-        data,
-    }
+    RgbImage { width: w, height: h, data }
 }

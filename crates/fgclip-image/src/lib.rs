@@ -43,30 +43,17 @@ impl RgbImage {
     /// Wraps an interleaved RGB buffer; `None` if `data.len() != width * height * 3`.
     pub fn from_raw(width: usize, height: usize, data: Vec<u8>) -> Option<Self> {
         let expected = width.checked_mul(height)?.checked_mul(3)?;
-        (data.len() == expected).then_some(Self {
-            width,
-            height,
-            data,
-        })
+        (data.len() == expected).then_some(Self { width, height, data })
     }
 
     /// A black image.
     pub fn zeros(width: usize, height: usize) -> Self {
-        Self {
-            width,
-            height,
-            data: vec![0; width * height * 3],
-        }
+        Self { width, height, data: vec![0; width * height * 3] }
     }
 
     /// `[r, g, b]` at column `x`, row `y` (panics when out of bounds).
     pub fn pixel(&self, x: usize, y: usize) -> [u8; 3] {
-        assert!(
-            x < self.width && y < self.height,
-            "pixel ({x}, {y}) outside {}x{}",
-            self.width,
-            self.height
-        );
+        assert!(x < self.width && y < self.height, "pixel ({x}, {y}) outside {}x{}", self.width, self.height);
         let i = (y * self.width + x) * 3;
         [self.data[i], self.data[i + 1], self.data[i + 2]]
     }
@@ -86,11 +73,7 @@ impl RgbImage {
 impl From<image::RgbImage> for RgbImage {
     fn from(img: image::RgbImage) -> Self {
         let (w, h) = img.dimensions();
-        Self {
-            width: w as usize,
-            height: h as usize,
-            data: img.into_raw(),
-        }
+        Self { width: w as usize, height: h as usize, data: img.into_raw() }
     }
 }
 
@@ -115,27 +98,16 @@ pub enum ImageError {
     #[error("unsupported image format: {name}: {detail}")]
     UnsupportedFormat { name: String, detail: String },
     #[error("image has zero size ({width}x{height}): {name}")]
-    ZeroSize {
-        name: String,
-        width: usize,
-        height: usize,
-    },
+    ZeroSize { name: String, width: usize, height: usize },
     #[error("image is too large ({width}x{height} = {} pixels, limit {limit}, as Pillow's decompression-bomb check): {name}", width * height)]
-    TooLarge {
-        name: String,
-        width: usize,
-        height: usize,
-        limit: usize,
-    },
+    TooLarge { name: String, width: usize, height: usize, limit: usize },
 }
 
 impl ImageError {
     /// The file name / path the error is about.
     pub fn name(&self) -> String {
         match self {
-            ImageError::NotFound { path } | ImageError::Unreadable { path, .. } => {
-                path.display().to_string()
-            }
+            ImageError::NotFound { path } | ImageError::Unreadable { path, .. } => path.display().to_string(),
             ImageError::Empty { name }
             | ImageError::Truncated { name, .. }
             | ImageError::Corrupt { name, .. }

@@ -39,11 +39,7 @@ pub fn bucket_max_patches(h: usize, w: usize) -> usize {
 /// The processor's budget with `dynamic_max_patches=True`: the max of [`bucket_max_patches`] over a call's images
 /// (sizes as `(h, w)`). 128 for an empty list.
 pub fn batch_max_patches(sizes_hw: &[(usize, usize)]) -> usize {
-    sizes_hw
-        .iter()
-        .map(|&(h, w)| bucket_max_patches(h, w))
-        .max()
-        .unwrap_or(128)
+    sizes_hw.iter().map(|&(h, w)| bucket_max_patches(h, w)).max().unwrap_or(128)
 }
 
 /// transformers `get_image_size_for_max_num_patches(image_height, image_width, patch_size, max_num_patches)` with
@@ -92,21 +88,12 @@ impl NaflexImage {
 
     /// Length of one patch vector (`patch * patch * 3`).
     pub fn patch_dim(&self) -> usize {
-        self.pixel_values
-            .len()
-            .checked_div(self.num_patches())
-            .unwrap_or(0)
+        self.pixel_values.len().checked_div(self.num_patches()).unwrap_or(0)
     }
 }
 
 /// Resize (PIL bilinear) to [`target_size`], rescale, normalise and patchify one image.
-pub fn preprocess(
-    img: &RgbImage,
-    patch: usize,
-    max_patches: usize,
-    mean: [f32; 3],
-    std: [f32; 3],
-) -> NaflexImage {
+pub fn preprocess(img: &RgbImage, patch: usize, max_patches: usize, mean: [f32; 3], std: [f32; 3]) -> NaflexImage {
     let (th, tw) = target_size(img.height, img.width, patch, max_patches);
     let resized = resize_bilinear(img, tw, th);
     patchify(&resized, patch, mean, std)
@@ -137,11 +124,7 @@ pub fn patchify(img: &RgbImage, patch: usize, mean: [f32; 3], std: [f32; 3]) -> 
             }
         }
     }
-    NaflexImage {
-        pixel_values: out,
-        grid_h: gh,
-        grid_w: gw,
-    }
+    NaflexImage { pixel_values: out, grid_h: gh, grid_w: gw }
 }
 
 /// [`preprocess`] over many images in parallel (rayon), all with the same budget.
@@ -152,9 +135,7 @@ pub fn preprocess_many(
     mean: [f32; 3],
     std: [f32; 3],
 ) -> Vec<NaflexImage> {
-    imgs.par_iter()
-        .map(|im| preprocess(im, patch, max_patches, mean, std))
-        .collect()
+    imgs.par_iter().map(|im| preprocess(im, patch, max_patches, mean, std)).collect()
 }
 
 /// The processor's default call (`dynamic_max_patches=True`): budget = [`batch_max_patches`] of the images,
@@ -162,10 +143,7 @@ pub fn preprocess_many(
 pub fn preprocess_dynamic(imgs: &[RgbImage]) -> (usize, Vec<NaflexImage>) {
     let sizes: Vec<_> = imgs.iter().map(|im| (im.height, im.width)).collect();
     let max_patches = batch_max_patches(&sizes);
-    (
-        max_patches,
-        preprocess_many(imgs, PATCH_SIZE, max_patches, FGCLIP2_MEAN, FGCLIP2_STD),
-    )
+    (max_patches, preprocess_many(imgs, PATCH_SIZE, max_patches, FGCLIP2_MEAN, FGCLIP2_STD))
 }
 
 /// A padded batch as the processor returns it.
@@ -192,28 +170,13 @@ pub fn pad_batch(imgs: &[NaflexImage], max_patches: usize) -> NaflexBatch {
     let mut shapes = Vec::with_capacity(2 * b);
     for (i, im) in imgs.iter().enumerate() {
         let n = im.num_patches();
-        assert!(
-            n <= max_patches,
-            "image {i} has {n} patches, more than the budget {max_patches}"
-        );
-        assert_eq!(
-            im.patch_dim(),
-            patch_dim,
-            "image {i} has a different patch size"
-        );
-        pixel_values[i * max_patches * patch_dim..][..n * patch_dim]
-            .copy_from_slice(&im.pixel_values);
+        assert!(n <= max_patches, "image {i} has {n} patches, more than the budget {max_patches}");
+        assert_eq!(im.patch_dim(), patch_dim, "image {i} has a different patch size");
+        pixel_values[i * max_patches * patch_dim..][..n * patch_dim].copy_from_slice(&im.pixel_values);
         mask[i * max_patches..][..n].fill(1);
         shapes.extend([im.grid_h as i64, im.grid_w as i64]);
     }
-    NaflexBatch {
-        pixel_values,
-        pixel_attention_mask: mask,
-        spatial_shapes: shapes,
-        batch: b,
-        max_patches,
-        patch_dim,
-    }
+    NaflexBatch { pixel_values, pixel_attention_mask: mask, spatial_shapes: shapes, batch: b, max_patches, patch_dim }
 }
 
 #[cfg(test)]
@@ -233,11 +196,7 @@ mod tests {
     fn patch_order_is_row_major_then_py_px_c() {
         let (w, h) = (32, 16);
         let data = (0..w * h).flat_map(|i| [(i % 251) as u8, 0, 255]).collect();
-        let img = RgbImage {
-            width: w,
-            height: h,
-            data,
-        };
+        let img = RgbImage { width: w, height: h, data };
         let r = patchify(&img, 16, [0.0; 3], [1.0; 3]);
         assert_eq!((r.grid_h, r.grid_w), (1, 2));
         // patch 1, py = 3, px = 5, c = 0 → pixel (y = 3, x = 16 + 5)

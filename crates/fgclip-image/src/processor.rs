@@ -103,7 +103,8 @@ impl ImageProcessor {
             match v.get(key) {
                 None => Ok(def),
                 Some(a) => {
-                    let xs: Vec<f32> = serde_json::from_value(a.clone()).map_err(|e| err(format!("field `{key}`: {e}")))?;
+                    let xs: Vec<f32> =
+                        serde_json::from_value(a.clone()).map_err(|e| err(format!("field `{key}`: {e}")))?;
                     match xs.as_slice() {
                         [a, b, c] => Ok([*a, *b, *c]),
                         [a] => Ok([*a; 3]),
@@ -115,7 +116,9 @@ impl ImageProcessor {
         self.mean = triple("image_mean", self.mean)?;
         self.std = triple("image_std", self.std)?;
         if self.std.iter().any(|s| *s == 0.0 || !s.is_finite()) || self.mean.iter().any(|m| !m.is_finite()) {
-            return Err(err("field `image_std` has a zero or a non-finite value (or `image_mean` is not finite)".into()));
+            return Err(err(
+                "field `image_std` has a zero or a non-finite value (or `image_mean` is not finite)".into()
+            ));
         }
         if let PixelLayout::Square { size, .. } = self.layout {
             // When both equal the squash size the processor's resize and crop are no-ops; otherwise they act on
@@ -126,7 +129,9 @@ impl ImageProcessor {
                 (Some(e), Some(c)) if e != c => {
                     return Err(err(format!("size.shortest_edge {e} != crop_size {c} is not supported")));
                 }
-                (Some(0), _) | (_, Some(0)) => return Err(err("size.shortest_edge / crop_size must be positive".into())),
+                (Some(0), _) | (_, Some(0)) => {
+                    return Err(err("size.shortest_edge / crop_size must be positive".into()))
+                }
                 (Some(e), _) | (None, Some(e)) if e != size => Some(e),
                 _ => None,
             };
@@ -172,7 +177,13 @@ impl ImageProcessor {
                     })
                     .collect();
                 let g = out / self.patch.max(1);
-                Ok(PixelBatch { values: per.concat(), dims: vec![b, 3, out, out], valid: None, grids: vec![(g, g); b], sizes })
+                Ok(PixelBatch {
+                    values: per.concat(),
+                    dims: vec![b, 3, out, out],
+                    valid: None,
+                    grids: vec![(g, g); b],
+                    sizes,
+                })
             }
             PixelLayout::Naflex { patch } => {
                 let (fixed, pad_to_budget) = match budget {

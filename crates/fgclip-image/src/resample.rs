@@ -76,10 +76,7 @@ pub struct Coeffs {
 impl Coeffs {
     /// Table for resampling `in_size` source samples (box `0..in_size`) to `out_size` samples.
     pub fn new(in_size: usize, out_size: usize, filter: Filter) -> Self {
-        assert!(
-            in_size > 0 && out_size > 0,
-            "resample: sizes must be positive ({in_size} -> {out_size})"
-        );
+        assert!(in_size > 0 && out_size > 0, "resample: sizes must be positive ({in_size} -> {out_size})");
         // Pillow passes the box edges as C floats; `(double)(in1 - in0)` of integer sizes is exact.
         let in0 = 0.0f32 as f64;
         let in1 = in_size as f32;
@@ -109,11 +106,7 @@ impl Coeffs {
                 let v = if ww != 0.0 { w[x] / ww } else { w[x] };
                 // normalize_coeffs_8bpc: (int)(±0.5 + v * (1 << PRECISION_BITS)), truncation toward zero.
                 let scaled = v * (1i32 << PRECISION_BITS) as f64;
-                row[x] = if v < 0.0 {
-                    (-0.5 + scaled) as i32
-                } else {
-                    (0.5 + scaled) as i32
-                };
+                row[x] = if v < 0.0 { (-0.5 + scaled) as i32 } else { (0.5 + scaled) as i32 };
             }
             bounds.push((xmin, n));
         }
@@ -143,11 +136,7 @@ const HALF: i32 = 1 << (PRECISION_BITS - 1);
 /// `Image.resize((w, h), filter)` of an RGB image, bit-exact with Pillow. A same-size resize is a copy (as in
 /// Pillow); a zero output size gives an empty image.
 pub fn resize(img: &RgbImage, w: usize, h: usize, filter: Filter) -> RgbImage {
-    assert_eq!(
-        img.data.len(),
-        img.width * img.height * 3,
-        "RgbImage data length does not match its size"
-    );
+    assert_eq!(img.data.len(), img.width * img.height * 3, "RgbImage data length does not match its size");
     if w == 0 || h == 0 || img.width == 0 || img.height == 0 {
         return RgbImage::zeros(w, h);
     }
@@ -166,11 +155,7 @@ pub fn resize(img: &RgbImage, w: usize, h: usize, filter: Filter) -> RgbImage {
         let last = cv.bounds[h - 1].0 + cv.bounds[h - 1].1;
         let mut out = vec![0u8; (last - first) * w * 3];
         horizontal(&img.data, img.width, first, last, &ch, &mut out);
-        tmp_owned = RgbImage {
-            width: w,
-            height: last - first,
-            data: out,
-        };
+        tmp_owned = RgbImage { width: w, height: last - first, data: out };
         tmp_ref = &tmp_owned;
         row_offset = first;
     } else {
@@ -183,11 +168,7 @@ pub fn resize(img: &RgbImage, w: usize, h: usize, filter: Filter) -> RgbImage {
     }
     let mut out = vec![0u8; w * h * 3];
     vertical(&tmp_ref.data, tmp_ref.width, row_offset, &cv, &mut out);
-    RgbImage {
-        width: w,
-        height: h,
-        data: out,
-    }
+    RgbImage { width: w, height: h, data: out }
 }
 
 /// `ImagingResampleHorizontal_8bpc` for rows `first..last` of an RGB buffer of width `in_w`.
@@ -252,24 +233,13 @@ mod tests {
 
     #[test]
     fn coefficients_sum_to_one_in_fixed_point() {
-        for (i, o) in [
-            (640, 112),
-            (480, 112),
-            (112, 640),
-            (7, 3),
-            (3, 7),
-            (1024, 736),
-            (100, 99),
-        ] {
+        for (i, o) in [(640, 112), (480, 112), (112, 640), (7, 3), (3, 7), (1024, 736), (100, 99)] {
             for f in [Filter::Bilinear, Filter::Bicubic] {
                 let c = Coeffs::new(i, o, f);
                 for xx in 0..o {
                     let (_, k) = c.taps(xx);
                     let s: i64 = k.iter().map(|&v| v as i64).sum();
-                    assert!(
-                        (s - (1 << PRECISION_BITS)).abs() <= k.len() as i64,
-                        "{i}->{o} {f:?} {xx}: {s}"
-                    );
+                    assert!((s - (1 << PRECISION_BITS)).abs() <= k.len() as i64, "{i}->{o} {f:?} {xx}: {s}");
                 }
             }
         }
@@ -277,30 +247,19 @@ mod tests {
 
     #[test]
     fn constant_image_stays_constant() {
-        let img = RgbImage {
-            width: 37,
-            height: 23,
-            data: [10u8, 200, 255].repeat(37 * 23),
-        };
+        let img = RgbImage { width: 37, height: 23, data: [10u8, 200, 255].repeat(37 * 23) };
         for f in [Filter::Bilinear, Filter::Bicubic] {
             for (w, h) in [(5, 4), (80, 50), (37, 10), (12, 23), (1, 1)] {
                 let r = resize(&img, w, h, f);
                 assert_eq!((r.width, r.height), (w, h));
-                assert!(
-                    r.data.chunks_exact(3).all(|p| p == [10, 200, 255]),
-                    "{f:?} {w}x{h}"
-                );
+                assert!(r.data.chunks_exact(3).all(|p| p == [10, 200, 255]), "{f:?} {w}x{h}");
             }
         }
     }
 
     #[test]
     fn same_size_is_copy_and_zero_size_is_empty() {
-        let img = RgbImage {
-            width: 3,
-            height: 2,
-            data: (0..18).collect(),
-        };
+        let img = RgbImage { width: 3, height: 2, data: (0..18).collect() };
         assert_eq!(resize_bicubic(&img, 3, 2), img);
         assert_eq!(resize_bilinear(&img, 0, 5).data.len(), 0);
     }

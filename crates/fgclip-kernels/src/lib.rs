@@ -2,7 +2,7 @@
 //! candle custom ops. Every kernel has a portable fallback and is checked against a straightforward reference.
 
 pub mod activation;
-pub mod cpu;
 pub mod attention;
+pub mod cpu;
 pub mod gemm;
 pub mod norm;

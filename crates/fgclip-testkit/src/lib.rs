@@ -129,7 +129,12 @@ pub fn module_cycles(src: &Path) -> Vec<Vec<String>> {
                 if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
                     continue;
                 }
-                let path_text: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':' || *c == '{' || *c == ',' || *c == ' ').collect();
+                let path_text: String = rest
+                    .chars()
+                    .take_while(|c| {
+                        c.is_alphanumeric() || *c == '_' || *c == ':' || *c == '{' || *c == ',' || *c == ' '
+                    })
+                    .collect();
                 let (head, group) = match path_text.split_once('{') {
                     Some((h, g)) => (h, Some(g)),
                     None => (path_text.as_str(), None),
@@ -140,7 +145,9 @@ pub fn module_cycles(src: &Path) -> Vec<Vec<String>> {
                 if let Some(g) = group {
                     for item in g.split(',') {
                         let mut p = path.clone();
-                        p.extend(item.split("::").map(str::trim).filter(|s| !s.is_empty() && *s != "self").map(String::from));
+                        p.extend(
+                            item.split("::").map(str::trim).filter(|s| !s.is_empty() && *s != "self").map(String::from),
+                        );
                         targets.push(p);
                     }
                 }
@@ -171,8 +178,11 @@ pub fn module_cycles(src: &Path) -> Vec<Vec<String>> {
         modules.iter().map(|m| (m, reach(m))).collect();
     let mut cycles: Vec<Vec<String>> = Vec::new();
     for m in &modules {
-        let group: Vec<String> =
-            modules.iter().filter(|o| *o != m && reach_of[m].contains(*o) && reach_of[*o].contains(m)).cloned().collect();
+        let group: Vec<String> = modules
+            .iter()
+            .filter(|o| *o != m && reach_of[m].contains(*o) && reach_of[*o].contains(m))
+            .cloned()
+            .collect();
         if !group.is_empty() {
             let mut c = group;
             c.push(m.clone());
@@ -222,7 +232,10 @@ mod tests {
         c.sort();
         assert_eq!(
             c,
-            vec![vec!["config".to_string(), "model".to_string()], vec!["nn::attention".to_string(), "nn::layers".to_string()]]
+            vec![
+                vec!["config".to_string(), "model".to_string()],
+                vec!["nn::attention".to_string(), "nn::layers".to_string()]
+            ]
         );
         write(&root, "nn/attention.rs", "use crate::config::Thing;\n");
         write(&root, "config.rs", "pub struct Thing;\n");

@@ -12,8 +12,8 @@ use candle_core::{Device, Tensor};
 use fgclip::config::{Family, ModelConfig};
 use fgclip::fgclip_image::{ImageProcessor, PatchBudget, RgbImage};
 use fgclip::hub::ModelFiles;
-use fgclip::PreparedImages;
 use fgclip::tokenize::{TextTokenizer, TokenizerOptions};
+use fgclip::PreparedImages;
 use rand::RngCore;
 use rayon::prelude::*;
 
@@ -116,7 +116,8 @@ impl CollateConfig {
                 long_len: c.text.longtext_len,
                 short_len: c.text.max_position_embeddings,
                 // `Siglip2ImageProcessor()` defaults, whatever the checkpoint's processor says.
-                processor: ImageProcessor::naflex(c.vision.patch_size).with_small_image_squash(MIN_IMAGE_SIDE, BOX_IMAGE_SIZE),
+                processor: ImageProcessor::naflex(c.vision.patch_size)
+                    .with_small_image_squash(MIN_IMAGE_SIDE, BOX_IMAGE_SIZE),
                 failed_image_side: FAILED_IMAGE_SIDE,
             },
         }
@@ -158,7 +159,9 @@ impl Collator {
         }
         let sizes_ok = cfg.processor.patch > 0
             && match cfg.processor.layout {
-                fgclip::fgclip_image::PixelLayout::Square { size, processor_size } => size > 0 && processor_size != Some(0),
+                fgclip::fgclip_image::PixelLayout::Square { size, processor_size } => {
+                    size > 0 && processor_size != Some(0)
+                }
                 fgclip::fgclip_image::PixelLayout::Naflex { patch } => patch > 0,
             };
         if !sizes_ok || cfg.short_len == 0 || cfg.long_len == 0 || cfg.failed_image_side == 0 {
@@ -174,11 +177,8 @@ impl Collator {
         let mut cfg = CollateConfig::for_model(&model_cfg);
         // The FG-CLIP trainer builds its processor from the checkpoint; FG-CLIP 2's uses the class defaults.
         if let (Family::FgClip, Some(p)) = (cfg.family, &files.preprocessor_config) {
-            cfg.processor = cfg
-                .processor
-                .clone()
-                .with_config_file(p)
-                .map_err(|e| TrainError::File { path: e.path, msg: e.msg })?;
+            cfg.processor =
+                cfg.processor.clone().with_config_file(p).map_err(|e| TrainError::File { path: e.path, msg: e.msg })?;
         }
         let tokenizer = TextTokenizer::from_files(files, TokenizerOptions::default())?;
         Self::new(tokenizer, cfg)
@@ -335,6 +335,8 @@ impl Collator {
 fn coords(b: &[f32]) -> Result<[f32; 4]> {
     match b {
         [x1, y1, x2, y2, ..] => Ok([*x1, *y1, *x2, *y2]),
-        _ => Err(TrainError::Config(format!("bbox {b:?} has fewer than 4 values; load records through data::load_items"))),
+        _ => Err(TrainError::Config(format!(
+            "bbox {b:?} has fewer than 4 values; load records through data::load_items"
+        ))),
     }
 }

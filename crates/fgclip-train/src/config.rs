@@ -185,7 +185,8 @@ impl TrainConfig {
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
         let mut doc: toml::Table = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| TrainError::File { path: p.into(), msg: format!("cannot read: {e}") })?;
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| TrainError::File { path: p.into(), msg: format!("cannot read: {e}") })?;
                 text.parse().map_err(|e| TrainError::File { path: p.into(), msg: format!("invalid TOML: {e}") })?
             }
             None => toml::Table::new(),
@@ -215,10 +216,15 @@ impl TrainConfig {
         match (&self.model.init, &self.model.config) {
             (None, None) if m.backbone.is_some() => {}
             (None, None) => {
-                return bad("model: set `init` (a checkpoint), `backbone` (CLIP / SigLIP 2) or `config` (train from scratch)".into())
+                return bad(
+                    "model: set `init` (a checkpoint), `backbone` (CLIP / SigLIP 2) or `config` (train from scratch)"
+                        .into(),
+                )
             }
             (None, Some(_)) if self.model.tokenizer.is_none() => {
-                return bad("model: training from `config` needs `tokenizer` (a checkpoint folder with tokenizer files)".into())
+                return bad(
+                    "model: training from `config` needs `tokenizer` (a checkpoint folder with tokenizer files)".into(),
+                )
             }
             _ => {}
         }

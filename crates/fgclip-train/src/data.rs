@@ -71,7 +71,6 @@ impl DataIssue {
     }
 }
 
-
 /// A validated record and where it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Item {
@@ -231,12 +230,21 @@ impl Reporter<'_> {
 }
 
 /// Validates a parsed record (and with `check_images`, its image) and keeps it, or reports why not.
-fn accept(record: Record, line: usize, file: &Arc<Path>, opts: &ReadOptions, rep: &mut Reporter, items: &mut Vec<Item>) -> Result<()> {
+fn accept(
+    record: Record,
+    line: usize,
+    file: &Arc<Path>,
+    opts: &ReadOptions,
+    rep: &mut Reporter,
+    items: &mut Vec<Item>,
+) -> Result<()> {
     let Some(record) = validate(record, line, rep)? else { return Ok(()) };
     if let Some(roots) = &opts.check_images {
         match roots.image_path(&record) {
             None => return rep.report(line, "Chinese record but no CN image root given".into(), "record dropped"),
-            Some(p) if !p.is_file() => return rep.report(line, format!("image not found: {}", p.display()), "record dropped"),
+            Some(p) if !p.is_file() => {
+                return rep.report(line, format!("image not found: {}", p.display()), "record dropped")
+            }
             Some(_) => {}
         }
     }
@@ -702,8 +710,11 @@ impl Dataset {
                 return Err(TrainError::Data { file: file.to_path_buf(), line: i + 1, msg });
             }
         }
-        let items =
-            records.into_iter().enumerate().map(|(i, record)| Item { record, file: file.clone(), line: i + 1 }).collect();
+        let items = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, record)| Item { record, file: file.clone(), line: i + 1 })
+            .collect();
         let ds = Dataset { items, roots, issues: Vec::new() };
         ds.check_roots()?;
         Ok(ds)

@@ -152,7 +152,10 @@ impl Collective for ThreadGroup {
         let data: Vec<f32> = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
         let (all, shapes) = self.exchange(data, dims.clone())?;
         if let Some((r, s)) = shapes.iter().enumerate().find(|(_, s)| **s != dims) {
-            return Err(TrainError::Dist(format!("all_gather: rank {r} sent shape {s:?}, rank {} sent {dims:?}", self.rank)));
+            return Err(TrainError::Dist(format!(
+                "all_gather: rank {r} sent shape {s:?}, rank {} sent {dims:?}",
+                self.rank
+            )));
         }
         let parts = all
             .into_iter()

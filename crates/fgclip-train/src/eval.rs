@@ -344,10 +344,8 @@ pub fn fgovd_with(
         // Texts: each distinct candidate of the chunk once, in chunks the text tower takes comfortably.
         let mut text_row: HashMap<String, usize> = HashMap::new();
         let mut texts: Vec<String> = vec![];
-        let cands: Vec<Vec<Vec<String>>> = image_lines
-            .iter()
-            .map(|idx| idx.iter().map(|&i| candidates(family, &lines[i])).collect())
-            .collect();
+        let cands: Vec<Vec<Vec<String>>> =
+            image_lines.iter().map(|idx| idx.iter().map(|&i| candidates(family, &lines[i])).collect()).collect();
         for c in cands.iter().flatten().flatten() {
             if !text_row.contains_key(c) {
                 text_row.insert(c.clone(), texts.len());

@@ -195,7 +195,9 @@ pub fn fgclip2_from_siglip2(
     ts.retain(|k, _| !k.starts_with("dense_feature_head."));
     let head: Vec<(String, Tensor)> = ts
         .iter()
-        .filter_map(|(k, t)| k.strip_prefix("vision_model.head.").map(|s| (format!("dense_feature_head.{s}"), t.clone())))
+        .filter_map(|(k, t)| {
+            k.strip_prefix("vision_model.head.").map(|s| (format!("dense_feature_head.{s}"), t.clone()))
+        })
         .collect();
     if head.is_empty() {
         return Err(missing("vision_model.head.attention.in_proj_weight"));

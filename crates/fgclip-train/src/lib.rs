@@ -6,19 +6,19 @@
 //! fine-grained dataset anywhere; [`eval`] scores FG-OVD-style files.
 
 pub mod batch;
-pub mod data;
-pub mod eval;
-pub mod synth;
-pub mod loader;
-pub mod dist;
 pub mod config;
+pub mod data;
+pub mod dist;
 pub mod error;
+pub mod eval;
 pub mod init;
+pub mod loader;
 pub mod objective;
 pub mod optim;
 pub mod parquet;
 pub mod record;
 pub mod run;
+pub mod synth;
 pub mod tiny;
 pub mod trainable;
 pub mod trainer;

@@ -56,7 +56,15 @@ pub struct LoaderConfig {
 
 impl Default for LoaderConfig {
     fn default() -> Self {
-        Self { batch_size: 1, world_size: 1, rank: 0, seed: 0, sampler: Sampler::Random, prefetch: 2, policy: Policy::Skip }
+        Self {
+            batch_size: 1,
+            world_size: 1,
+            rank: 0,
+            seed: 0,
+            sampler: Sampler::Random,
+            prefetch: 2,
+            policy: Policy::Skip,
+        }
     }
 }
 
@@ -134,8 +142,7 @@ pub fn epoch_order(langs: &[Lang], sampler: Sampler, global: usize, seed: u64, e
             let of = |want: Lang| -> Vec<usize> { (0..langs.len()).filter(|&i| langs[i] == want).collect() };
             let (cn, en) = (of(Lang::Cn), of(Lang::En));
             // Official concatenation order: CN mega-batches, then EN, then one permutation of the whole list.
-            let mut mega: Vec<&[usize]> =
-                cn.chunks_exact(global).chain(en.chunks_exact(global)).collect();
+            let mut mega: Vec<&[usize]> = cn.chunks_exact(global).chain(en.chunks_exact(global)).collect();
             shuffle(&mut mega, &mut rng);
             mega.concat()
         }
@@ -158,7 +165,10 @@ impl Worker {
         match h.join() {
             Ok(()) => None,
             Err(p) => Some(
-                p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default(),
+                p.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default(),
             ),
         }
     }

@@ -240,7 +240,13 @@ fn region_features(
 
 /// One training forward of `model` on `batch` for this rank. `threshold` is FG-CLIP 2's rank threshold θ of
 /// this step (logit units; starts at 0); the next one is in the report.
-pub fn forward(model: &Trainable, batch: &Batch, cfg: &ObjectiveConfig, threshold: f32, coll: &dyn Collective) -> Result<StepLoss> {
+pub fn forward(
+    model: &Trainable,
+    batch: &Batch,
+    cfg: &ObjectiveConfig,
+    threshold: f32,
+    coll: &dyn Collective,
+) -> Result<StepLoss> {
     // Each paper's recipe: FG-CLIP's softmax losses, FG-CLIP 2's sigmoid ones with TIC and the rank threshold.
     let m = model.towers.as_ref();
     match m.family() {
@@ -250,18 +256,28 @@ pub fn forward(model: &Trainable, batch: &Batch, cfg: &ObjectiveConfig, threshol
 }
 
 /// Each image's dense map, its real cells only: `[rows·cols, D]` with (rows, cols).
-fn dense_of<'a>(dense: &'a Tensor, grids: &'a [(usize, usize)]) -> impl Fn(usize) -> Result<(Tensor, usize, usize)> + 'a {
+fn dense_of<'a>(
+    dense: &'a Tensor,
+    grids: &'a [(usize, usize)],
+) -> impl Fn(usize) -> Result<(Tensor, usize, usize)> + 'a {
     move |i| {
         let (h, w) = grids[i];
         Ok((dense.get(i)?.narrow(0, 0, h * w)?, h, w))
     }
 }
 
-fn forward_v1(model: &Trainable, m: &dyn Towers, batch: &Batch, cfg: &ObjectiveConfig, coll: &dyn Collective) -> Result<StepLoss> {
+fn forward_v1(
+    model: &Trainable,
+    m: &dyn Towers,
+    batch: &Batch,
+    cfg: &ObjectiveConfig,
+    coll: &dyn Collective,
+) -> Result<StepLoss> {
     if batch.pixels.valid.is_some() {
         return Err(TrainError::Objective("FG-CLIP needs fixed-size images, the batch holds NaFlex patches".into()));
     }
-    let short_text = |ids: &Tensor| -> Result<Tensor> { Ok(m.encode_tokens(&trim_v1_short(ids)?, None, TextWalk::Short)?) };
+    let short_text =
+        |ids: &Tensor| -> Result<Tensor> { Ok(m.encode_tokens(&trim_v1_short(ids)?, None, TextWalk::Short)?) };
     let fine = cfg.region || cfg.hard;
     let (image, dense) = if fine {
         let (g, d) = m.encode_images_with_dense(&batch.pixels)?;
@@ -319,7 +335,8 @@ fn forward_v1(model: &Trainable, m: &dyn Towers, batch: &Batch, cfg: &ObjectiveC
             let (feats, kept) = region_features(&dense_of, &batch.hard_infos, &slots)?;
             report.dropped_boxes += slots.len() - kept.len();
             if let Some(feats) = feats {
-                let text_rows: Vec<usize> = kept.iter().flat_map(|&k| k * HARD_CAPTIONS..(k + 1) * HARD_CAPTIONS).collect();
+                let text_rows: Vec<usize> =
+                    kept.iter().flat_map(|&k| k * HARD_CAPTIONS..(k + 1) * HARD_CAPTIONS).collect();
                 let texts = l2_normalize(&short_text(&rows(&batch.hard_texts, &text_rows)?)?)?;
                 let regions = l2_normalize(&feats)?;
                 let s = model.var("logit_scale_hardneg")?.as_tensor().exp()?;
@@ -394,7 +411,8 @@ fn forward_v2(
             report.dropped_boxes += slots.len() - kept.len();
             if let Some(feats) = feats {
                 let text_rows: Vec<usize> = kept.iter().map(|&k| slots[k]).collect();
-                let texts = l2_normalize(&m.encode_tokens(&rows(&batch.box_texts, &text_rows)?, None, TextWalk::Box)?)?;
+                let texts =
+                    l2_normalize(&m.encode_tokens(&rows(&batch.box_texts, &text_rows)?, None, TextWalk::Box)?)?;
                 let regions = l2_normalize(&feats)?;
                 let s = model.var("logit_scale_finegraind")?.as_tensor().exp()?;
                 let l = loss::pairwise_contrastive(&regions, &texts, &s)?;
@@ -418,8 +436,10 @@ fn forward_v2(
             let (feats, kept) = region_features(&dense_of, &batch.hard_infos, &slots)?;
             report.dropped_boxes += slots.len() - kept.len();
             if let Some(feats) = feats {
-                let text_rows: Vec<usize> = kept.iter().flat_map(|&k| k * HARD_CAPTIONS..(k + 1) * HARD_CAPTIONS).collect();
-                let texts = l2_normalize(&m.encode_tokens(&rows(&batch.hard_texts, &text_rows)?, None, TextWalk::Box)?)?;
+                let text_rows: Vec<usize> =
+                    kept.iter().flat_map(|&k| k * HARD_CAPTIONS..(k + 1) * HARD_CAPTIONS).collect();
+                let texts =
+                    l2_normalize(&m.encode_tokens(&rows(&batch.hard_texts, &text_rows)?, None, TextWalk::Box)?)?;
                 let regions = l2_normalize(&feats)?;
                 let s = model.var("logit_scale_hardneg")?.as_tensor().exp()?;
                 let h = loss::hard_composite_weighted(&regions, &texts, &s, threshold, w.hard_parts)?;

@@ -99,7 +99,13 @@ impl AdamW {
                 let moments = Moments { beta1: c.beta1 as f32, beta2: c.beta2 as f32, grad_scale: grad_scale as f32 };
                 s.m.inplace_op2(&g, &MomentOp { m: moments, second: false })?;
                 s.v.inplace_op2(&g, &MomentOp { m: moments, second: true })?;
-                let upd = Update { lr: lr as f32, decay: (1.0 - lr * wd) as f32, bc1: bc1 as f32, bc2: bc2 as f32, eps: c.eps as f32 };
+                let upd = Update {
+                    lr: lr as f32,
+                    decay: (1.0 - lr * wd) as f32,
+                    bc1: bc1 as f32,
+                    bc2: bc2 as f32,
+                    eps: c.eps as f32,
+                };
                 p.inplace_op3(&s.m, &s.v, &upd)?;
                 continue;
             }
@@ -141,7 +147,11 @@ impl AdamW {
                 let key = format!("{}.{suffix}", s.name);
                 let t = ts.get(&key).ok_or_else(|| err(format!("optimizer state `{key}` is missing")))?;
                 if t.dims() != s.var.dims() {
-                    return Err(err(format!("optimizer state `{key}` has shape {:?}, expected {:?}", t.dims(), s.var.dims())));
+                    return Err(err(format!(
+                        "optimizer state `{key}` has shape {:?}, expected {:?}",
+                        t.dims(),
+                        s.var.dims()
+                    )));
                 }
                 *dst = t.to_device(s.var.device())?;
             }
@@ -207,7 +217,15 @@ impl InplaceOp3 for Update {
         "adamw-update"
     }
 
-    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, m: &CpuStorage, m_l: &Layout, v: &CpuStorage, v_l: &Layout) -> candle_core::Result<()> {
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        m: &CpuStorage,
+        m_l: &Layout,
+        v: &CpuStorage,
+        v_l: &Layout,
+    ) -> candle_core::Result<()> {
         let p = f32_slice_mut(dst, dst_l, "AdamW parameter")?;
         let m = f32_slice(m, m_l, "AdamW first moment")?;
         let v = f32_slice(v, v_l, "AdamW second moment")?;
@@ -286,9 +304,12 @@ mod tests {
         let run = |in_place: bool| -> Vec<f32> {
             let w = Var::from_tensor(&init.copy().unwrap()).unwrap();
             let b = Var::from_tensor(&init.narrow(0, 0, 100).unwrap().copy().unwrap()).unwrap();
-            let mut opt = AdamW::new(vec![("fc.weight".into(), w.clone()), ("fc.bias".into(), b.clone())], cfg).unwrap();
+            let mut opt =
+                AdamW::new(vec![("fc.weight".into(), w.clone()), ("fc.bias".into(), b.clone())], cfg).unwrap();
             for step in 0..4 {
-                let loss = (w.as_tensor().sqr().unwrap().sum_all().unwrap() + b.as_tensor().sin().unwrap().sum_all().unwrap()).unwrap();
+                let loss = (w.as_tensor().sqr().unwrap().sum_all().unwrap()
+                    + b.as_tensor().sin().unwrap().sum_all().unwrap())
+                .unwrap();
                 let grads = loss.backward().unwrap();
                 opt.step_with(&grads, 0.01 * (step + 1) as f64, 0.5, in_place).unwrap();
             }

@@ -9,8 +9,8 @@ use std::path::Path;
 use parquet::file::reader::SerializedFileReader;
 use parquet::record::{Field, Row};
 
-use crate::record::{BoxInfo, NegMap, Record};
 use crate::error::{Result, TrainError};
+use crate::record::{BoxInfo, NegMap, Record};
 
 /// The rows of a parquet file as records: `(row, Ok(record))`, or `(row, Err(why))` for a row whose columns do
 /// not make a record. A file that cannot be read at all (not parquet, corrupt) is an error naming it.
@@ -21,7 +21,11 @@ pub fn read_records(path: &Path) -> Result<Vec<(usize, std::result::Result<Recor
         .map_err(|e| TrainError::File { path: path.to_path_buf(), msg: format!("not a readable parquet file: {e}") })?;
     let mut out = Vec::new();
     for (i, row) in reader.into_iter().enumerate() {
-        let row = row.map_err(|e| TrainError::Data { file: path.to_path_buf(), line: i + 1, msg: format!("cannot read row: {e}") })?;
+        let row = row.map_err(|e| TrainError::Data {
+            file: path.to_path_buf(),
+            line: i + 1,
+            msg: format!("cannot read row: {e}"),
+        })?;
         out.push((i + 1, record_from_row(&row)));
     }
     Ok(out)
@@ -97,7 +101,10 @@ fn json_scalar(f: &Field) -> serde_json::Value {
     match f {
         Field::Str(s) => serde_json::Value::String(s.clone()),
         Field::Bool(b) => serde_json::Value::Bool(*b),
-        f => number(f).and_then(serde_json::Number::from_f64).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Bool(true)),
+        f => number(f)
+            .and_then(serde_json::Number::from_f64)
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Bool(true)),
     }
 }
 

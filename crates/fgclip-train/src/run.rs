@@ -2,7 +2,6 @@
 //! (FineHARD files, the official collator, the resumable loader) → the loop, on one process or on ranks
 //! simulated by threads. The CLI only parses arguments and prints the summary.
 
-
 use candle_core::Device;
 use fgclip::hub::{self, ModelFiles};
 
@@ -27,7 +26,11 @@ fn model_files(cfg: &TrainConfig) -> Result<(Option<ModelFiles>, ModelFiles)> {
             Ok((Some(f.clone()), f))
         }
         (None, Some(_)) => {
-            let tok = cfg.model.tokenizer.as_deref().ok_or_else(|| TrainError::Config("model.tokenizer is not set".into()))?;
+            let tok = cfg
+                .model
+                .tokenizer
+                .as_deref()
+                .ok_or_else(|| TrainError::Config("model.tokenizer is not set".into()))?;
             Ok((None, tokenizer_files(tok)?))
         }
         (None, None) => Err(TrainError::Config("model: set `init` or `config`".into())),
@@ -51,7 +54,10 @@ fn tokenizer_files(tok: &str) -> Result<ModelFiles> {
             special_tokens_map: f(hub::SPECIAL_TOKENS_MAP),
         };
         if files.tokenizer_json.is_none() && files.vocab_json.is_none() {
-            return Err(TrainError::File { path: dir.into(), msg: "no tokenizer.json or vocab.json + merges.txt here".into() });
+            return Err(TrainError::File {
+                path: dir.into(),
+                msg: "no tokenizer.json or vocab.json + merges.txt here".into(),
+            });
         }
         return Ok(files);
     }
@@ -90,7 +96,8 @@ pub fn load_dataset(cfg: &TrainConfig) -> Result<Dataset> {
     let policy = if cfg.data.on_bad == "reject" { Policy::Reject } else { Policy::Skip };
     let mut roots = ImageRoots::new(cfg.data.image_root.clone());
     roots.cn = cfg.data.cn_image_root.clone();
-    let spec = DataSpec { en: cfg.data.train.clone(), cn: cfg.data.cn_train.clone(), roots, policy, check_images: true };
+    let spec =
+        DataSpec { en: cfg.data.train.clone(), cn: cfg.data.cn_train.clone(), roots, policy, check_images: true };
     let ds = Dataset::load(&spec)?;
     for issue in &ds.issues {
         tracing::warn!("skipped: {issue}");
@@ -154,7 +161,10 @@ pub fn run(cfg: &TrainConfig, progress: bool) -> Result<RunSummary> {
     }
     let results: Vec<Result<RunSummary>> = std::thread::scope(|s| {
         let handles: Vec<_> = ThreadGroup::new(world).into_iter().map(|g| s.spawn(move || one(&g))).collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(TrainError::Dist("a rank panicked".into())))).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(TrainError::Dist("a rank panicked".into()))))
+            .collect()
     });
     // A failing rank stops the others with PeerStopped: report the failure itself.
     let mut errors: Vec<TrainError> = Vec::new();
@@ -217,7 +227,8 @@ pub fn source_for(
 ) -> Result<crate::loader::Loader> {
     let collator = std::sync::Arc::new(crate::batch::Collator::from_files(files)?);
     let policy = if cfg.data.on_bad == "reject" { Policy::Reject } else { Policy::Skip };
-    let sampler = if cfg.data.cn_train.is_empty() { crate::loader::Sampler::Random } else { crate::loader::Sampler::Bilingual };
+    let sampler =
+        if cfg.data.cn_train.is_empty() { crate::loader::Sampler::Random } else { crate::loader::Sampler::Bilingual };
     let lc = crate::loader::LoaderConfig {
         batch_size: cfg.train.batch_size,
         world_size: world,

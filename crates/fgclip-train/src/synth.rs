@@ -263,7 +263,8 @@ impl Rng {
 fn image_rng(seed: u64, split: u64, index: usize) -> Rng {
     let mut r = Rng::new(seed ^ 0x5EED_F6C1_1B00_0000);
     let a = r.next_u64();
-    let mut r = Rng::new(a ^ split.wrapping_mul(0xA24B_AED4_963E_E407) ^ (index as u64).wrapping_mul(0x9FB2_1C65_1E98_DF25));
+    let mut r =
+        Rng::new(a ^ split.wrapping_mul(0xA24B_AED4_963E_E407) ^ (index as u64).wrapping_mul(0x9FB2_1C65_1E98_DF25));
     r.next_u64();
     r
 }
@@ -492,8 +493,12 @@ const NUMBER_WORDS: [&str; 5] = ["No", "One", "Two", "Three", "Four"];
 fn describe_scene(scene: &Scene, f_path: &str, size: u32, image_id: usize) -> (Record, Vec<FgovdLine>) {
     let sz = size as f32;
     let objs = &scene.objects;
-    let short_caption =
-        join_list(&objs.iter().map(|o| with_article(&format!("{} {}", COLOURS[o.attrs.colour].0, SHAPES[o.attrs.shape]))).collect::<Vec<_>>());
+    let short_caption = join_list(
+        &objs
+            .iter()
+            .map(|o| with_article(&format!("{} {}", COLOURS[o.attrs.colour].0, SHAPES[o.attrs.shape])))
+            .collect::<Vec<_>>(),
+    );
     let parts: Vec<String> = objs
         .iter()
         .map(|o| format!("{} {}", with_article(&o.attrs.describe()), position_phrase(o.centre.0, o.centre.1, sz)))
@@ -574,7 +579,8 @@ pub fn render(cfg: &SynthConfig, split: &str, index: usize) -> Result<(Scene, Re
 fn write_png(img: &image::RgbImage, path: &Path) -> Result<(), SynthError> {
     let f = std::fs::File::create(path).map_err(io_err(path))?;
     let mut w = std::io::BufWriter::new(f);
-    img.write_to(&mut w, image::ImageFormat::Png).map_err(|e| SynthError::Png { path: path.into(), msg: e.to_string() })?;
+    img.write_to(&mut w, image::ImageFormat::Png)
+        .map_err(|e| SynthError::Png { path: path.into(), msg: e.to_string() })?;
     w.flush().map_err(io_err(path))
 }
 
@@ -623,7 +629,11 @@ fn prepare_out_dir(out: &Path, overwrite: bool) -> Result<PathBuf, SynthError> {
 
 /// Generates the dataset under `out_dir` (see the module doc for the layout). `progress` is called with the
 /// number of images just finished (from worker threads). Same config → byte-identical files.
-pub fn generate(cfg: &SynthConfig, out_dir: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<SynthSummary, SynthError> {
+pub fn generate(
+    cfg: &SynthConfig,
+    out_dir: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<SynthSummary, SynthError> {
     use rayon::prelude::*;
     cfg.validate()?;
     let images = prepare_out_dir(out_dir, cfg.overwrite)?;

@@ -192,6 +192,9 @@ mod tests {
 
     #[test]
     fn splits_like_the_whitespace_pre_tokenizer() {
-        assert_eq!(words("A large Red-striped circle, left."), ["a", "large", "red", "-", "striped", "circle", ",", "left", "."]);
+        assert_eq!(
+            words("A large Red-striped circle, left."),
+            ["a", "large", "red", "-", "striped", "circle", ",", "left", "."]
+        );
     }
 }

@@ -11,9 +11,9 @@ use candle_nn::VarMap;
 use fgclip::checkpoint::{load_into_varmap, Weights};
 use fgclip::config::{Family, ModelConfig};
 use fgclip::family::Towers;
-use fgclip::registry::load_towers;
 use fgclip::hub::ModelFiles;
 use fgclip::plan::{ExecutionPlan, Kernels};
+use fgclip::registry::load_towers;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -151,7 +151,10 @@ impl Trainable {
             if let Some(name) = f.file_name() {
                 let dst = dir.join(name);
                 if dst != *f {
-                    std::fs::copy(f, &dst).map_err(|e| TrainError::File { path: f.clone(), msg: format!("copy to {}: {e}", dst.display()) })?;
+                    std::fs::copy(f, &dst).map_err(|e| TrainError::File {
+                        path: f.clone(),
+                        msg: format!("copy to {}: {e}", dst.display()),
+                    })?;
                 }
             }
         }
@@ -163,7 +166,10 @@ impl Trainable {
         let ts = candle_core::safetensors::load(path, &Device::Cpu)
             .map_err(|e| TrainError::Checkpoint { path: path.into(), msg: e.to_string() })?;
         for (name, var) in self.named_vars() {
-            let t = ts.get(&name).ok_or_else(|| TrainError::Checkpoint { path: path.into(), msg: format!("tensor `{name}` is missing") })?;
+            let t = ts.get(&name).ok_or_else(|| TrainError::Checkpoint {
+                path: path.into(),
+                msg: format!("tensor `{name}` is missing"),
+            })?;
             if t.dims() != var.dims() {
                 return Err(TrainError::Checkpoint {
                     path: path.into(),
@@ -183,7 +189,8 @@ impl Trainable {
 fn init_values(name: &str, dims: &[usize], family: Family, rng: &mut ChaCha8Rng) -> Vec<f32> {
     let n: usize = dims.iter().product();
     let leaf = name.rsplit('.').next().unwrap_or(name);
-    let is_norm = name.contains("layer_norm") || name.contains("layernorm") || name.contains("norm.") || name.contains("_norm");
+    let is_norm =
+        name.contains("layer_norm") || name.contains("layernorm") || name.contains("norm.") || name.contains("_norm");
     let normal = |rng: &mut ChaCha8Rng, std: f32| -> Vec<f32> { (0..n).map(|_| std * gauss(rng)).collect() };
     match leaf {
         "logit_scale" => return vec![if family == Family::FgClip { (1.0f32 / 0.07).ln() } else { 10f32.ln() }; n],

@@ -150,7 +150,11 @@ fn average_grads(grads: &mut GradStore, vars: &[(String, Var)], coll: &dyn Colle
     let mut off = 0;
     for (_, v) in vars {
         let n = v.elem_count();
-        let g = Tensor::from_vec(sum[off..off + n].iter().map(|x| x / world as f32).collect::<Vec<_>>(), v.dims(), v.device())?;
+        let g = Tensor::from_vec(
+            sum[off..off + n].iter().map(|x| x / world as f32).collect::<Vec<_>>(),
+            v.dims(),
+            v.device(),
+        )?;
         grads.insert(v.as_tensor(), g.to_dtype(v.dtype())?);
         off += n;
     }
@@ -195,10 +199,8 @@ fn prune_checkpoints(out_dir: &Path, keep: usize) -> Result<()> {
 /// Keeps the log lines of steps ≤ `step` (a resumed run rewrites what came after its checkpoint).
 fn truncate_log(path: &Path, step: usize) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
-    let kept: Vec<&str> = text
-        .lines()
-        .filter(|l| serde_json::from_str::<LogLine>(l).map(|x| x.step <= step).unwrap_or(false))
-        .collect();
+    let kept: Vec<&str> =
+        text.lines().filter(|l| serde_json::from_str::<LogLine>(l).map(|x| x.step <= step).unwrap_or(false)).collect();
     let mut s = kept.join("\n");
     if !s.is_empty() {
         s.push('\n');
@@ -208,7 +210,12 @@ fn truncate_log(path: &Path, step: usize) -> Result<()> {
 }
 
 /// Runs (or resumes) training of `model` on `data` for this rank. Rank 0 writes logs and checkpoints.
-pub fn train(model: &Trainable, data: &mut dyn BatchSource, cfg: &LoopConfig, coll: &dyn Collective) -> Result<RunSummary> {
+pub fn train(
+    model: &Trainable,
+    data: &mut dyn BatchSource,
+    cfg: &LoopConfig,
+    coll: &dyn Collective,
+) -> Result<RunSummary> {
     let rank0 = coll.rank() == 0;
     let vars = model.named_vars();
     let trainable: Vec<(String, Var)> =
@@ -241,7 +248,10 @@ pub fn train(model: &Trainable, data: &mut dyn BatchSource, cfg: &LoopConfig, co
         if state.seed != cfg.seed {
             return Err(TrainError::Checkpoint {
                 path: dir.clone(),
-                msg: format!("was trained with seed {}, this run has seed {} (use another output dir)", state.seed, cfg.seed),
+                msg: format!(
+                    "was trained with seed {}, this run has seed {} (use another output dir)",
+                    state.seed, cfg.seed
+                ),
             });
         }
         model.load_state(&dir.join("model.safetensors"))?;
@@ -264,7 +274,8 @@ pub fn train(model: &Trainable, data: &mut dyn BatchSource, cfg: &LoopConfig, co
         b.set_position(state.step as u64);
         b
     });
-    let mut log = if rank0 { Some(std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?) } else { None };
+    let mut log =
+        if rank0 { Some(std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?) } else { None };
     let mut last = None;
 
     'epochs: while state.step < total && state.epoch < cfg.epochs {

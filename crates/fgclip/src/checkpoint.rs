@@ -80,7 +80,10 @@ impl Mapped {
             safetensors::Dtype::U32 => DType::U32,
             safetensors::Dtype::U8 => DType::U8,
             other => {
-                return Err(Error::File { path: f.path.clone(), msg: format!("tensor `{key}` has unsupported dtype {other:?}") })
+                return Err(Error::File {
+                    path: f.path.clone(),
+                    msg: format!("tensor `{key}` has unsupported dtype {other:?}"),
+                })
             }
         };
         let (start, end) = (f.data_start + info.data_offsets.0, f.data_start + info.data_offsets.1);
@@ -103,7 +106,10 @@ impl Mapped {
     }
 
     fn dtypes(&self) -> Vec<String> {
-        self.files.iter().flat_map(|f| f.meta.tensors().values().map(|i| format!("{:?}", i.dtype)).collect::<Vec<_>>()).collect()
+        self.files
+            .iter()
+            .flat_map(|f| f.meta.tensors().values().map(|i| format!("{:?}", i.dtype)).collect::<Vec<_>>())
+            .collect()
     }
 }
 
@@ -113,7 +119,10 @@ enum Source {
     Vars(VarMap),
     /// Random weights of whatever shape is asked for (benchmarks at real sizes without downloads); every
     /// tensor handed out is recorded so it can be saved as a checkpoint.
-    Random { std: f64, record: std::sync::Mutex<HashMap<String, Tensor>> },
+    Random {
+        std: f64,
+        record: std::sync::Mutex<HashMap<String, Tensor>>,
+    },
 }
 
 /// A view of the checkpoint at a key prefix.
@@ -177,7 +186,11 @@ impl Weights {
     }
 
     fn path(&self, name: &str) -> String {
-        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{}", self.prefix, name) }
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{}", self.prefix, name)
+        }
     }
 
     pub fn contains(&self, name: &str) -> bool {

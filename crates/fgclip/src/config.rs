@@ -37,21 +37,51 @@ pub struct BlockDims {
 
 // ---------------------------------------------------------------- FG-CLIP (v1)
 
-fn d_v1_text_vocab() -> usize { 49408 }
-fn d_v1_text_hidden() -> usize { 512 }
-fn d_v1_text_inter() -> usize { 2048 }
-fn d_12() -> usize { 12 }
-fn d_8() -> usize { 8 }
-fn d_77() -> usize { 77 }
-fn d_quick_gelu() -> Activation { Activation::QuickGelu }
-fn d_eps5() -> f64 { 1e-5 }
-fn d_eos_v1() -> u32 { 49407 }
-fn d_768() -> usize { 768 }
-fn d_3072() -> usize { 3072 }
-fn d_224() -> usize { 224 }
-fn d_32() -> usize { 32 }
-fn d_3() -> usize { 3 }
-fn d_512() -> usize { 512 }
+fn d_v1_text_vocab() -> usize {
+    49408
+}
+fn d_v1_text_hidden() -> usize {
+    512
+}
+fn d_v1_text_inter() -> usize {
+    2048
+}
+fn d_12() -> usize {
+    12
+}
+fn d_8() -> usize {
+    8
+}
+fn d_77() -> usize {
+    77
+}
+fn d_quick_gelu() -> Activation {
+    Activation::QuickGelu
+}
+fn d_eps5() -> f64 {
+    1e-5
+}
+fn d_eos_v1() -> u32 {
+    49407
+}
+fn d_768() -> usize {
+    768
+}
+fn d_3072() -> usize {
+    3072
+}
+fn d_224() -> usize {
+    224
+}
+fn d_32() -> usize {
+    32
+}
+fn d_3() -> usize {
+    3
+}
+fn d_512() -> usize {
+    512
+}
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ClipTextConfig {
@@ -115,14 +145,30 @@ pub struct FgClipConfig {
 
 // ---------------------------------------------------------------- FG-CLIP 2
 
-fn d_v2_vocab() -> usize { 32000 }
-fn d_64() -> usize { 64 }
-fn d_gelu_tanh() -> Activation { Activation::GeluTanh }
-fn d_eps6() -> f64 { 1e-6 }
-fn d_keep() -> usize { 20 }
-fn d_196() -> usize { 196 }
-fn d_256() -> usize { 256 }
-fn d_16() -> usize { 16 }
+fn d_v2_vocab() -> usize {
+    32000
+}
+fn d_64() -> usize {
+    64
+}
+fn d_gelu_tanh() -> Activation {
+    Activation::GeluTanh
+}
+fn d_eps6() -> f64 {
+    1e-6
+}
+fn d_keep() -> usize {
+    20
+}
+fn d_196() -> usize {
+    196
+}
+fn d_256() -> usize {
+    256
+}
+fn d_16() -> usize {
+    16
+}
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Fgclip2TextConfig {
@@ -284,13 +330,15 @@ impl ModelConfig {
         }
         if is_v2 {
             let text: Fgclip2TextConfig = parse("text_config", sub(raw.text_config, raw.text_config_dict), path)?;
-            let vision: Fgclip2VisionConfig = parse("vision_config", sub(raw.vision_config, raw.vision_config_dict), path)?;
+            let vision: Fgclip2VisionConfig =
+                parse("vision_config", sub(raw.vision_config, raw.vision_config_dict), path)?;
             let cfg = Fgclip2Config { text, vision };
             cfg.validate().map_err(cfg_err)?;
             Ok(ModelConfig::FgClip2(cfg))
         } else if is_v1 {
             let text: ClipTextConfig = parse("text_config", sub(raw.text_config, raw.text_config_dict), path)?;
-            let vision: ClipVisionConfig = parse("vision_config", sub(raw.vision_config, raw.vision_config_dict), path)?;
+            let vision: ClipVisionConfig =
+                parse("vision_config", sub(raw.vision_config, raw.vision_config_dict), path)?;
             let cfg = FgClipConfig { text, vision, projection_dim: raw.projection_dim.unwrap_or_else(d_512) };
             cfg.validate().map_err(cfg_err)?;
             Ok(ModelConfig::FgClip(cfg))

@@ -15,13 +15,15 @@ pub fn block(n: usize, d: usize, m: usize) -> f64 {
 pub fn fgclip_image(v: &ClipVisionConfig, projection_dim: usize) -> f64 {
     let g = v.grid();
     let patch = 2.0 * (g * g) as f64 * (v.num_channels * v.patch_size * v.patch_size) as f64 * v.hidden_size as f64;
-    patch + v.num_hidden_layers as f64 * block(g * g + 1, v.hidden_size, v.intermediate_size)
+    patch
+        + v.num_hidden_layers as f64 * block(g * g + 1, v.hidden_size, v.intermediate_size)
         + 2.0 * (v.hidden_size * projection_dim) as f64
 }
 
 /// FG-CLIP text embedding of `len` tokens.
 pub fn fgclip_text(t: &ClipTextConfig, len: usize, projection_dim: usize) -> f64 {
-    t.num_hidden_layers as f64 * block(len, t.hidden_size, t.intermediate_size) + 2.0 * (t.hidden_size * projection_dim) as f64
+    t.num_hidden_layers as f64 * block(len, t.hidden_size, t.intermediate_size)
+        + 2.0 * (t.hidden_size * projection_dim) as f64
 }
 
 /// FG-CLIP 2 image embedding with `n` patches: linear patch embedding, L blocks, MAP head (one query).

@@ -15,13 +15,13 @@ use fgclip_kernels::cpu::Isa;
 use crate::checkpoint::Weights;
 use crate::config::{Family, ModelConfig};
 use crate::family::{ScoreHead, Towers};
-use crate::registry::load_towers;
 use crate::fgclip1::FgClip;
 use crate::fgclip2::FgClip2;
 use crate::hub::{self, ModelFiles};
 use crate::nn::roi_align::{GridBox, MAX_BOX_EXTENT_CELLS};
 use crate::pixels::PreparedImages;
 use crate::plan::{ExecutionPlan, Kernels, Precision};
+use crate::registry::load_towers;
 use crate::tokenize::{TextTokenizer, TokenBatch, TokenizerOptions};
 use crate::{Error, Result, TextWalk};
 
@@ -51,7 +51,13 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, precision: Precision::F32, kernels: Kernels::Auto, isa: None, text_mask: TextMask::Auto }
+        Self {
+            device: Device::Cpu,
+            precision: Precision::F32,
+            kernels: Kernels::Auto,
+            isa: None,
+            text_mask: TextMask::Auto,
+        }
     }
 }
 
@@ -106,9 +112,7 @@ impl Model {
             };
         let mut processor = towers.image_processor();
         if let Some(path) = files.preprocessor_config.as_deref() {
-            processor = processor
-                .with_config_file(path)
-                .map_err(|e| Error::Config { path: e.path, msg: e.msg })?;
+            processor = processor.with_config_file(path).map_err(|e| Error::Config { path: e.path, msg: e.msg })?;
         }
         Ok(Self { towers, config, tokenizer, processor, files, weights, plan, text_mask })
     }
@@ -238,9 +242,10 @@ impl Model {
                 let grid_boxes = bs
                     .iter()
                     .enumerate()
-                    .map(|(k, b)| pixel_box_to_grid(b, (h, w), (d.rows, d.cols)).map_err(|e| {
-                        Error::input(format!("image {i}, box {k} {b:?}: {e}"))
-                    }))
+                    .map(|(k, b)| {
+                        pixel_box_to_grid(b, (h, w), (d.rows, d.cols))
+                            .map_err(|e| Error::input(format!("image {i}, box {k} {b:?}: {e}")))
+                    })
                     .collect::<Result<Vec<GridBox>>>()?;
                 Ok(crate::nn::roi_align::roi_align(&d.features, d.rows, d.cols, &grid_boxes)?)
             })
@@ -261,11 +266,7 @@ impl Model {
         }
         let TokenBatch { ids, attention_mask, n, len } = self.tokenize(texts, walk)?;
         let ids = Tensor::from_vec(ids, (n, len), self.device())?;
-        let mask = if self.text_mask {
-            Some(Tensor::from_vec(attention_mask, (n, len), self.device())?)
-        } else {
-            None
-        };
+        let mask = if self.text_mask { Some(Tensor::from_vec(attention_mask, (n, len), self.device())?) } else { None };
         self.encode_tokens(&ids, mask.as_ref(), walk)
     }
 
@@ -308,7 +309,11 @@ fn split_dense(dense: &Tensor, grids: &[(usize, usize)]) -> Result<Vec<DenseMap>
 /// Original-pixel xyxy → feature-grid units (`x·cols/W`, `y·rows/H`), rejecting non-finite coordinates and
 /// boxes absurdly far outside the image. Boxes partly or wholly outside follow torchvision (outside samples
 /// contribute 0).
-pub fn pixel_box_to_grid(b: &[f32; 4], size_hw: (usize, usize), grid_rc: (usize, usize)) -> std::result::Result<GridBox, String> {
+pub fn pixel_box_to_grid(
+    b: &[f32; 4],
+    size_hw: (usize, usize),
+    grid_rc: (usize, usize),
+) -> std::result::Result<GridBox, String> {
     if b.iter().any(|v| !v.is_finite()) {
         return Err("coordinates must be finite numbers".into());
     }

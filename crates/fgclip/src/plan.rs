@@ -131,7 +131,9 @@ impl ExecutionPlan {
         };
         let blocks = match self.blocks().fuse {
             Some((GemmPrecision::F32, isa)) => format!("fused CPU block, f32 GEMM, {isa} kernels"),
-            Some((GemmPrecision::Bf16, isa)) => format!("fused CPU block, bf16 GEMM and attention products, {isa} kernels"),
+            Some((GemmPrecision::Bf16, isa)) => {
+                format!("fused CPU block, bf16 GEMM and attention products, {isa} kernels")
+            }
             None => format!("layers ({})", self.ops().name()),
         };
         vec![
@@ -147,7 +149,9 @@ impl ExecutionPlan {
 
 fn resolve_isa(isa: Option<Isa>) -> Result<Isa> {
     match isa {
-        Some(i) if !i.supported() => Err(Error::input(format!("this CPU cannot run the {i} kernels (it supports up to {})", Isa::detect()))),
+        Some(i) if !i.supported() => {
+            Err(Error::input(format!("this CPU cannot run the {i} kernels (it supports up to {})", Isa::detect())))
+        }
         Some(i) => Ok(i),
         None => Isa::from_env().map_err(Error::input),
     }

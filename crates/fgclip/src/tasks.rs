@@ -86,12 +86,19 @@ impl BoxLabel {
 /// of the dense map, cosine against `label_embeds` (`[L, D]`, L2-normalised, e.g. from [`encode_labels`] with the
 /// model's [`Model::region_walk`]). Degenerate boxes and boxes wholly outside the image get a note instead of
 /// scores; a box absurdly far outside is an error naming it.
-pub fn label_boxes(model: &Model, image: &RgbImage, boxes: &[[f32; 4]], label_embeds: &Tensor, budget: PatchBudget) -> Result<Vec<BoxLabel>> {
+pub fn label_boxes(
+    model: &Model,
+    image: &RgbImage,
+    boxes: &[[f32; 4]],
+    label_embeds: &Tensor,
+    budget: PatchBudget,
+) -> Result<Vec<BoxLabel>> {
     let prepared = model.prepare_images(std::slice::from_ref(image), budget)?;
     let (size, grid) = (prepared.sizes[0], prepared.grids[0]);
     let mut degenerate: Vec<Option<&'static str>> = Vec::with_capacity(boxes.len());
     for (k, b) in boxes.iter().enumerate() {
-        crate::model::pixel_box_to_grid(b, size, grid).map_err(|e| Error::input(format!("box #{} {b:?}: {e}", k + 1)))?;
+        crate::model::pixel_box_to_grid(b, size, grid)
+            .map_err(|e| Error::input(format!("box #{} {b:?}: {e}", k + 1)))?;
         degenerate.push(if b[2] <= b[0] {
             Some("degenerate box (x2 <= x1)")
         } else if b[3] <= b[1] {
@@ -123,8 +130,10 @@ pub fn label_boxes(model: &Model, image: &RgbImage, boxes: &[[f32; 4]], label_em
             out.push(BoxLabel { bx: *b, scores: None, note: Some(note.into()) });
             continue;
         }
-        let cos: Vec<f32> =
-            text.iter().map(|t| (t.iter().zip(&f).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>() / norm) as f32).collect();
+        let cos: Vec<f32> = text
+            .iter()
+            .map(|t| (t.iter().zip(&f).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>() / norm) as f32)
+            .collect();
         out.push(BoxLabel { bx: *b, scores: Some((softmax_100(&cos), cos)), note: None });
     }
     Ok(out)

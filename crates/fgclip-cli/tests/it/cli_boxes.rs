@@ -13,9 +13,23 @@ fn one_label_per_box_and_a_drawing_fgclip2() {
     let out = dir.join("nested/boxes.png");
     let _ = std::fs::remove_file(&out);
     let o = fgclip(&[
-        "boxes", "-m", &s(&f.join("fgclip2/model")), &s(&f.join("images/df_cups.png")),
-        "--box", "50,40,400,450", "--box", "420,60,700,470", "--box", "-20,-20,1100,520", "--box", "700,20,1000,20",
-        "--labels", "a paper cup,a glass,a grey bowl", "--draw", &s(&out), "--json",
+        "boxes",
+        "-m",
+        &s(&f.join("fgclip2/model")),
+        &s(&f.join("images/df_cups.png")),
+        "--box",
+        "50,40,400,450",
+        "--box",
+        "420,60,700,470",
+        "--box",
+        "-20,-20,1100,520",
+        "--box",
+        "700,20,1000,20",
+        "--labels",
+        "a paper cup,a glass,a grey bowl",
+        "--draw",
+        &s(&out),
+        "--json",
     ]);
     let j = ok_json(&o);
     assert_eq!(j["family"], "FG-CLIP 2");
@@ -48,9 +62,20 @@ fn fgclip_boxes_human_output() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli_boxes_v1");
     let out = dir.join("boxes.png");
     let o = fgclip(&[
-        "boxes", "-m", &s(&f.join("fgclip_v1/model")), &s(&f.join("images/cat_dfclor.jpg")),
-        "--box", "330,60,600,460", "--box", "150,220,330,480", "--box", "10,10,5,5",
-        "--labels", "a white cat,a black cat", "--draw", &s(&out),
+        "boxes",
+        "-m",
+        &s(&f.join("fgclip_v1/model")),
+        &s(&f.join("images/cat_dfclor.jpg")),
+        "--box",
+        "330,60,600,460",
+        "--box",
+        "150,220,330,480",
+        "--box",
+        "10,10,5,5",
+        "--labels",
+        "a white cat,a black cat",
+        "--draw",
+        &s(&out),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout);

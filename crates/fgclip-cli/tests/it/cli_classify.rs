@@ -40,7 +40,8 @@ fn fgclip2_probabilities_are_independent_sigmoids() {
     let Some(f) = fixtures() else { return };
     let model = s(&f.join("fgclip2/model"));
     let part = s(&f.join("images/part.jpg"));
-    let o = fgclip(&["classify", "-m", &model, &part, "--labels", "cat,dog,a red cup,a laptop", "--top", "2", "--json"]);
+    let o =
+        fgclip(&["classify", "-m", &model, &part, "--labels", "cat,dog,a red cup,a laptop", "--top", "2", "--json"]);
     let j = ok_json(&o);
     assert_eq!(j["family"], "FG-CLIP 2");
     assert_eq!(j["probability"], "sigmoid");
@@ -63,9 +64,19 @@ fn labels_file_and_templates() {
     let lf = dir.join("labels.txt");
     std::fs::write(&lf, "# animals\ncat\n\n dog \n").unwrap();
     let o = fgclip(&[
-        "classify", "-m", &s(&f.join("fgclip2/model")), &s(&f.join("images/cat_dfclor.jpg")),
-        "--labels-file", &s(&lf), "--labels", "bird",
-        "--template", "a photo of a {}.", "--template", "a close-up photo of the {}.", "--json",
+        "classify",
+        "-m",
+        &s(&f.join("fgclip2/model")),
+        &s(&f.join("images/cat_dfclor.jpg")),
+        "--labels-file",
+        &s(&lf),
+        "--labels",
+        "bird",
+        "--template",
+        "a photo of a {}.",
+        "--template",
+        "a close-up photo of the {}.",
+        "--json",
     ]);
     let j = ok_json(&o);
     assert_eq!(j["labels"], serde_json::json!(["bird", "cat", "dog"]));

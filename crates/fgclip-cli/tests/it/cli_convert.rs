@@ -23,12 +23,20 @@ fn convert_backbone_refuses_an_fgclip_checkpoint_and_an_occupied_output() {
     // conversion, as the official `--from_openai` path does) converts, and the result loads in `fgclip info`.
     let clip = tmp.join("clip");
     std::fs::create_dir_all(&clip).unwrap();
-    for f in ["model.safetensors", "tokenizer.json", "vocab.json", "merges.txt", "preprocessor_config.json", "tokenizer_config.json"] {
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "vocab.json",
+        "merges.txt",
+        "preprocessor_config.json",
+        "tokenizer_config.json",
+    ] {
         if model.join(f).is_file() {
             std::fs::copy(model.join(f), clip.join(f)).unwrap();
         }
     }
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
     cfg["architectures"] = serde_json::json!(["CLIPModel"]);
     std::fs::write(clip.join("config.json"), cfg.to_string()).unwrap();
     let o = fgclip(&["convert-backbone", clip.to_str().unwrap(), out.to_str().unwrap()]);

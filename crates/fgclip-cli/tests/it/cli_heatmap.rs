@@ -34,8 +34,21 @@ fn fgclip2_heatmap_json_and_png() {
     let out2 = dir.join("heat2.png");
     let cups = s(&f.join("images/df_cups.png"));
     let o = fgclip(&[
-        "heatmap", "-m", &model, &cups, "-q", "a glass", "-o", &s(&out2), "--max-patches", "256", "--walk", "short",
-        "--alpha", "0.8", "--json",
+        "heatmap",
+        "-m",
+        &model,
+        &cups,
+        "-q",
+        "a glass",
+        "-o",
+        &s(&out2),
+        "--max-patches",
+        "256",
+        "--walk",
+        "short",
+        "--alpha",
+        "0.8",
+        "--json",
     ]);
     let j = ok_json(&o);
     assert_eq!(j["walk"], "short");
@@ -50,15 +63,33 @@ fn fgclip_heatmap_human_output() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli_heatmap_v1");
     let out = dir.join("heat.png");
     let o = fgclip(&[
-        "heatmap", "-m", &s(&f.join("fgclip_v1/model")), &s(&f.join("images/part.jpg")), "--query", "a cat", "--out", &s(&out),
+        "heatmap",
+        "-m",
+        &s(&f.join("fgclip_v1/model")),
+        &s(&f.join("images/part.jpg")),
+        "--query",
+        "a cat",
+        "--out",
+        &s(&out),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("grid 7x7") && text.contains("min") && text.contains("max") && text.contains("text walk short"), "{text}");
+    assert!(
+        text.contains("grid 7x7") && text.contains("min") && text.contains("max") && text.contains("text walk short"),
+        "{text}"
+    );
     assert_eq!(png_size(&out), (640, 480));
 
     let o = fgclip(&[
-        "heatmap", "-m", &s(&f.join("fgclip_v1/model")), &s(&f.join("images/part.jpg")), "-q", "a cat", "-o", &s(&out), "--json",
+        "heatmap",
+        "-m",
+        &s(&f.join("fgclip_v1/model")),
+        &s(&f.join("images/part.jpg")),
+        "-q",
+        "a cat",
+        "-o",
+        &s(&out),
+        "--json",
     ]);
     let j = ok_json(&o);
     assert_eq!(j["grid"], serde_json::json!([7, 7]));

@@ -19,7 +19,8 @@ fn lines_of(p: &std::path::Path) -> Vec<String> {
 #[test]
 fn synth_then_eval_fgovd_on_both_families() {
     let out = scratch("both");
-    let o = fgclip(&["synth", "--out", &s(&out), "--train", "3", "--test", "3", "--size", "64", "--seed", "4", "--json"]);
+    let o =
+        fgclip(&["synth", "--out", &s(&out), "--train", "3", "--test", "3", "--size", "64", "--seed", "4", "--json"]);
     let j = ok_json(&o);
     assert_eq!((j["train_images"].as_u64(), j["test_images"].as_u64()), (Some(3), Some(3)));
     let fgovd = out.join("test_fgovd.jsonl");
@@ -30,7 +31,8 @@ fn synth_then_eval_fgovd_on_both_families() {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     assert_eq!(png_size(&out.join("images/test_000000.png")), (64, 64));
-    let train: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("train.json")).unwrap()).unwrap();
+    let train: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("train.json")).unwrap()).unwrap();
     assert_eq!(train.as_array().unwrap().len(), 3);
 
     // A second run into the same folder needs --overwrite, and then gives the same files (same seed).
@@ -38,7 +40,20 @@ fn synth_then_eval_fgovd_on_both_families() {
     let o = fgclip(&["synth", "--out", &s(&out), "--train", "3", "--test", "3", "--size", "64", "--seed", "4"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("not empty"), "{}", stderr(&o));
-    let o = fgclip(&["synth", "--out", &s(&out), "--train", "3", "--test", "3", "--size", "64", "--seed", "4", "--overwrite"]);
+    let o = fgclip(&[
+        "synth",
+        "--out",
+        &s(&out),
+        "--train",
+        "3",
+        "--test",
+        "3",
+        "--size",
+        "64",
+        "--seed",
+        "4",
+        "--overwrite",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(std::fs::read(out.join("train.json")).unwrap() == before, "same seed, different train.json");
 
@@ -47,8 +62,18 @@ fn synth_then_eval_fgovd_on_both_families() {
         let model = s(&f.join(which).join("model"));
         let outcomes = out.join(format!("{which}_outcomes.jsonl"));
         let o = fgclip(&[
-            "eval-fgovd", "-m", &model, "--data", &s(&fgovd), "--images", &s(&out.join("images")),
-            "--batch-size", "2", "--outcomes", &s(&outcomes), "--json",
+            "eval-fgovd",
+            "-m",
+            &model,
+            "--data",
+            &s(&fgovd),
+            "--images",
+            &s(&out.join("images")),
+            "--batch-size",
+            "2",
+            "--outcomes",
+            &s(&outcomes),
+            "--json",
         ]);
         let r = ok_json(&o);
         assert_eq!(r["family"], family);
@@ -72,7 +97,15 @@ fn synth_then_eval_fgovd_on_both_families() {
         assert_eq!(n_ok, correct);
     }
     // Human output: a table with the test type and the total.
-    let o = fgclip(&["eval-fgovd", "-m", &s(&f.join("fgclip2/model")), "--data", &s(&fgovd), "--images", &s(&out.join("images"))]);
+    let o = fgclip(&[
+        "eval-fgovd",
+        "-m",
+        &s(&f.join("fgclip2/model")),
+        "--data",
+        &s(&fgovd),
+        "--images",
+        &s(&out.join("images")),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("synthetic_attributes") && text.contains("all"), "{text}");

@@ -55,8 +55,15 @@ fn train_from_scratch_then_features_then_resume() {
     // The written model is an ordinary checkpoint for the inference commands.
     let feats = root.join("f.safetensors");
     let o = fgclip(&[
-        "features", "-m", &s(&run.join("final")), "--image", &s(&data.join("images/test_000000.png")),
-        "--text", "small red striped circle", "--out", &s(&feats),
+        "features",
+        "-m",
+        &s(&run.join("final")),
+        "--image",
+        &s(&data.join("images/test_000000.png")),
+        "--text",
+        "small red striped circle",
+        "--out",
+        &s(&feats),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let t = candle_core::safetensors::load(&feats, &candle_core::Device::Cpu).unwrap();

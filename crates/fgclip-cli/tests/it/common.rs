@@ -29,7 +29,8 @@ pub fn stderr(o: &Output) -> String {
 /// Asserts success and parses stdout as JSON.
 pub fn ok_json(o: &Output) -> serde_json::Value {
     assert!(o.status.success(), "exit {:?}\nstderr: {}", o.status, stderr(o));
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)))
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)))
 }
 
 pub fn s(p: &std::path::Path) -> String {

@@ -40,7 +40,10 @@ fn fgclip_ok(args: &[&str]) -> std::process::Output {
 }
 
 fn images(fx: &Path) -> Vec<String> {
-    ["cat_dfclor.jpg", "part.jpg", "df_cups.png"].iter().map(|n| fx.join("images").join(n).display().to_string()).collect()
+    ["cat_dfclor.jpg", "part.jpg", "df_cups.png"]
+        .iter()
+        .map(|n| fx.join("images").join(n).display().to_string())
+        .collect()
 }
 
 #[test]
@@ -63,7 +66,13 @@ fn features_command_fgclip1() {
     for c in manifest["captions_short"].as_array().unwrap() {
         args.extend(["--text".into(), c.as_str().unwrap().into()]);
     }
-    args.extend(["--boxes".into(), boxes_file.display().to_string(), "--dense".into(), "--out".into(), out.display().to_string()]);
+    args.extend([
+        "--boxes".into(),
+        boxes_file.display().to_string(),
+        "--dense".into(),
+        "--out".into(),
+        out.display().to_string(),
+    ]);
     fgclip_ok(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
     let got = load(&out);
     close("image_embeds", &got["image_embeds"], &exp["image_embeds"]);
@@ -78,7 +87,17 @@ fn features_command_fgclip1() {
     let long: Vec<&str> = manifest["captions_long"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
     std::fs::write(&texts, long.join("\n")).unwrap();
     let out2 = tmp("v1-long.safetensors");
-    fgclip_ok(&["features", "--model", &model, "--texts-file", texts.to_str().unwrap(), "--walk", "long", "--out", out2.to_str().unwrap()]);
+    fgclip_ok(&[
+        "features",
+        "--model",
+        &model,
+        "--texts-file",
+        texts.to_str().unwrap(),
+        "--walk",
+        "long",
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
     close("text_embeds (long)", &load(&out2)["text_embeds"], &exp["text_embeds_long"]);
     for p in [boxes_file, out, texts, out2] {
         let _ = std::fs::remove_file(p);
@@ -97,7 +116,17 @@ fn features_command_fgclip2() {
     let imgs = images(&fx);
     for (set, mp) in [("p64", "64"), ("p128", "128")] {
         let out = tmp(&format!("v2-{set}.safetensors"));
-        let mut args = vec!["features", "--model", &model, "--max-patches", mp, "--boxes", boxes_file.to_str().unwrap(), "--dense", "--out"];
+        let mut args = vec![
+            "features",
+            "--model",
+            &model,
+            "--max-patches",
+            mp,
+            "--boxes",
+            boxes_file.to_str().unwrap(),
+            "--dense",
+            "--out",
+        ];
         let outs = out.display().to_string();
         args.push(&outs);
         for i in &imgs {
@@ -110,7 +139,13 @@ fn features_command_fgclip2() {
         let shapes: Vec<Vec<i64>> = inp[&format!("{set}.spatial_shapes")].to_vec2().unwrap();
         for (i, s) in shapes.iter().enumerate() {
             let (h, w) = (s[0] as usize, s[1] as usize);
-            let want = exp[&format!("{set}.dense_embeds")].i(i).unwrap().narrow(0, 0, h * w).unwrap().reshape((h, w, 64)).unwrap();
+            let want = exp[&format!("{set}.dense_embeds")]
+                .i(i)
+                .unwrap()
+                .narrow(0, 0, h * w)
+                .unwrap()
+                .reshape((h, w, 64))
+                .unwrap();
             close(&format!("{set}.dense_embeds.{i}"), &got[&format!("dense_embeds.{i}")], &want);
         }
         let _ = std::fs::remove_file(&out);
@@ -130,7 +165,11 @@ fn features_command_fgclip2() {
         }
         args.extend(["--out".into(), out.display().to_string()]);
         fgclip_ok(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
-        close(&format!("str.{walk}.text_embeds"), &load(&out)["text_embeds"], &exp_s[&format!("str.{walk}.text_embeds")]);
+        close(
+            &format!("str.{walk}.text_embeds"),
+            &load(&out)["text_embeds"],
+            &exp_s[&format!("str.{walk}.text_embeds")],
+        );
     }
     let _ = std::fs::remove_file(&out);
     let _ = std::fs::remove_file(&boxes_file);
@@ -143,9 +182,18 @@ fn features_command_rejects_bad_input_without_panicking() {
     let out = tmp("bad.safetensors");
     let run = fgclip;
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["features", "--model", &model, "--image", "/nonexistent.jpg", "--out", out.to_str().unwrap()], "/nonexistent.jpg"),
-        (vec!["features", "--model", "/nonexistent-model", "--text", "x", "--out", out.to_str().unwrap()], "/nonexistent-model"),
-        (vec!["features", "--model", &model, "--text", "x", "--walk", "sideways", "--out", out.to_str().unwrap()], "sideways"),
+        (
+            vec!["features", "--model", &model, "--image", "/nonexistent.jpg", "--out", out.to_str().unwrap()],
+            "/nonexistent.jpg",
+        ),
+        (
+            vec!["features", "--model", "/nonexistent-model", "--text", "x", "--out", out.to_str().unwrap()],
+            "/nonexistent-model",
+        ),
+        (
+            vec!["features", "--model", &model, "--text", "x", "--walk", "sideways", "--out", out.to_str().unwrap()],
+            "sideways",
+        ),
         (vec!["features", "--model", &model, "--out", out.to_str().unwrap()], "nothing to do"),
     ];
     for (args, needle) in cases {
@@ -159,7 +207,17 @@ fn features_command_rejects_bad_input_without_panicking() {
     let bf = tmp("bad-boxes.json");
     std::fs::write(&bf, "[[[0,0,10,10]],[]]").unwrap();
     let img = fx.join("images/part.jpg").display().to_string();
-    let o = run(&["features", "--model", &model, "--image", &img, "--boxes", bf.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = run(&[
+        "features",
+        "--model",
+        &model,
+        "--image",
+        &img,
+        "--boxes",
+        bf.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("2 entries"), "{}", String::from_utf8_lossy(&o.stderr));
     let _ = std::fs::remove_file(&bf);

@@ -1,6 +1,5 @@
 //! The fgclip-cli integration tests, one binary (one link step) with a module per topic.
 
-mod common;
 mod cli_bench;
 mod cli_boxes;
 mod cli_classify;
@@ -9,6 +8,7 @@ mod cli_heatmap;
 mod cli_process;
 mod cli_synth_eval;
 mod cli_train;
+mod common;
 mod features_parity;
 
 /// No module of this crate imports, directly or through others, a module that imports it (docs/architecture.md).

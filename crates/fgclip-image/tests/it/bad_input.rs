@@ -26,10 +26,7 @@ fn missing_file() {
     let e = load_rgb(&p).unwrap_err();
     assert!(matches!(e, ImageError::NotFound { .. }), "{e:?}");
     let msg = e.to_string();
-    assert!(
-        msg.contains("does_not_exist.jpg") && msg.contains("not found"),
-        "{msg}"
-    );
+    assert!(msg.contains("does_not_exist.jpg") && msg.contains("not found"), "{msg}");
 }
 
 #[test]
@@ -55,10 +52,7 @@ fn text_file_named_jpg() {
     let e = load_rgb(&p).unwrap_err();
     assert!(matches!(e, ImageError::UnsupportedFormat { .. }), "{e:?}");
     let msg = e.to_string();
-    assert!(
-        msg.contains("notes.jpg") && msg.contains("not a JPEG"),
-        "{msg}"
-    );
+    assert!(msg.contains("notes.jpg") && msg.contains("not a JPEG"), "{msg}");
 }
 
 #[test]
@@ -68,17 +62,11 @@ fn truncated_jpeg() {
     std::fs::write(&p, &b[..b.len() / 2]).unwrap();
     let e = load_rgb(&p).unwrap_err();
     assert!(matches!(e, ImageError::Truncated { .. }), "{e:?}");
-    assert!(
-        e.to_string().contains("half.jpg") && e.to_string().contains("truncated"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("half.jpg") && e.to_string().contains("truncated"), "{e}");
     // Pillow also reports a file that only lacks the final EOI marker as truncated, and a bare header.
     for cut in [b.len() - 2, b.len() - 1, 4, 20, 200] {
         let e = decode_rgb(&b[..cut], "cut.jpg").unwrap_err();
-        assert!(
-            matches!(e, ImageError::Truncated { .. }),
-            "cut at {cut}: {e:?}"
-        );
+        assert!(matches!(e, ImageError::Truncated { .. }), "cut at {cut}: {e:?}");
     }
 }
 
@@ -90,10 +78,7 @@ fn corrupt_jpeg_is_an_error() {
         *x = 0x00;
     }
     let e = decode_rgb(&b, "zeros.jpg").unwrap_err();
-    assert!(
-        matches!(e, ImageError::Corrupt { .. } | ImageError::Truncated { .. }),
-        "{e:?}"
-    );
+    assert!(matches!(e, ImageError::Corrupt { .. } | ImageError::Truncated { .. }), "{e:?}");
     assert!(e.to_string().contains("zeros.jpg"), "{e}");
 }
 
@@ -110,10 +95,7 @@ fn truncated_png() {
     let b = png_bytes();
     for cut in [b.len() / 2, 40, 9] {
         let e = decode_rgb(&b[..cut], "cut.png").unwrap_err();
-        assert!(
-            matches!(e, ImageError::Truncated { .. } | ImageError::Corrupt { .. }),
-            "cut at {cut}: {e:?}"
-        );
+        assert!(matches!(e, ImageError::Truncated { .. } | ImageError::Corrupt { .. }), "cut at {cut}: {e:?}");
         assert!(e.to_string().contains("cut.png"), "{e}");
     }
 }

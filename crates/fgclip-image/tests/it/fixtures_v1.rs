@@ -17,11 +17,7 @@ fn v1_resized_uint8_is_pixel_exact() {
         let img = load_rgb(&dir.join("images").join(f)).unwrap();
         let r = resize_bicubic(&img, 112, 112);
         let (maxd, n) = u8_diff(&r.data, &want[i * 112 * 112 * 3..(i + 1) * 112 * 112 * 3]);
-        assert_eq!(
-            (maxd, n),
-            (0, 0),
-            "{f}: resized uint8 differs from PIL (max {maxd}, {n} values)"
-        );
+        assert_eq!((maxd, n), (0, 0), "{f}: resized uint8 differs from PIL (max {maxd}, {n} values)");
     }
 }
 
@@ -31,20 +27,13 @@ fn v1_pixel_values_within_1e6() {
     let t = Tensors::open(&dir.join("fgclip_v1/inputs.safetensors"));
     let (shape, want) = t.f32("pixel_values");
     assert_eq!(shape, [3, 3, 112, 112]);
-    let imgs: Vec<_> = FIXTURE_IMAGES
-        .iter()
-        .map(|f| load_rgb(&dir.join("images").join(f)).unwrap())
-        .collect();
+    let imgs: Vec<_> = FIXTURE_IMAGES.iter().map(|f| load_rgb(&dir.join("images").join(f)).unwrap()).collect();
     let got = clip::preprocess_many(&imgs, 112, OPENAI_MEAN, OPENAI_STD);
     let n = 3 * 112 * 112;
     for (i, g) in got.iter().enumerate() {
         let d = max_abs_diff(g, &want[i * n..(i + 1) * n]);
         eprintln!("v1 pixel_values {}: max abs diff {d:e}", FIXTURE_IMAGES[i]);
-        assert!(
-            d <= 1e-6,
-            "{}: pixel_values max abs diff {d}",
-            FIXTURE_IMAGES[i]
-        );
+        assert!(d <= 1e-6, "{}: pixel_values max abs diff {d}", FIXTURE_IMAGES[i]);
     }
 }
 
@@ -59,10 +48,7 @@ fn v1_processor_only_path_within_1e6() {
         let got = clip::preprocess_processor_only(&img, 112, OPENAI_MEAN, OPENAI_STD);
         let d = max_abs_diff(&got, &want[i * n..(i + 1) * n]);
         eprintln!("v1 processor-only {f}: max abs diff {d:e}");
-        assert!(
-            d <= 1e-6,
-            "{f}: processor-only pixel_values max abs diff {d}"
-        );
+        assert!(d <= 1e-6, "{f}: processor-only pixel_values max abs diff {d}");
     }
 }
 

@@ -15,29 +15,13 @@ fn v2_grid_cases_exact() {
     assert!(cases.len() >= 20);
     let mut checked = 0;
     for c in cases {
-        let (h, w) = (
-            c["H"].as_u64().unwrap() as usize,
-            c["W"].as_u64().unwrap() as usize,
-        );
-        assert_eq!(
-            naflex::bucket_max_patches(h, w),
-            c["determine_max_value"].as_u64().unwrap() as usize,
-            "{h}x{w}"
-        );
+        let (h, w) = (c["H"].as_u64().unwrap() as usize, c["W"].as_u64().unwrap() as usize);
+        assert_eq!(naflex::bucket_max_patches(h, w), c["determine_max_value"].as_u64().unwrap() as usize, "{h}x{w}");
         for (mp, v) in c["targets"].as_object().unwrap() {
             let mp: usize = mp.parse().unwrap();
-            let v: Vec<usize> = v
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as usize)
-                .collect();
+            let v: Vec<usize> = v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
             let (th, tw) = naflex::target_size(h, w, 16, mp);
-            assert_eq!(
-                [th, tw, th / 16, tw / 16],
-                v[..],
-                "H={h} W={w} max_num_patches={mp}"
-            );
+            assert_eq!([th, tw, th / 16, tw / 16], v[..], "H={h} W={w} max_num_patches={mp}");
             checked += 1;
         }
     }
@@ -50,38 +34,22 @@ fn check_setting(prefix: &str, files: &[&str], max_patches: Option<usize>) {
     let (pv_shape, pv) = t.f32(&format!("{prefix}.pixel_values"));
     let (_, mask) = t.i32(&format!("{prefix}.pixel_attention_mask"));
     let (_, shapes) = t.i64(&format!("{prefix}.spatial_shapes"));
-    let imgs: Vec<_> = files
-        .iter()
-        .map(|f| load_rgb(&dir.join("images").join(f)).unwrap())
-        .collect();
+    let imgs: Vec<_> = files.iter().map(|f| load_rgb(&dir.join("images").join(f)).unwrap()).collect();
     let (budget, out) = match max_patches {
-        Some(mp) => (
-            mp,
-            naflex::preprocess_many(&imgs, PATCH_SIZE, mp, FGCLIP2_MEAN, FGCLIP2_STD),
-        ),
+        Some(mp) => (mp, naflex::preprocess_many(&imgs, PATCH_SIZE, mp, FGCLIP2_MEAN, FGCLIP2_STD)),
         None => naflex::preprocess_dynamic(&imgs),
     };
     assert_eq!(pv_shape, [files.len(), budget, 768], "{prefix}: budget");
     let batch = naflex::pad_batch(&out, budget);
     assert_eq!(batch.spatial_shapes, shapes, "{prefix}: spatial_shapes");
-    assert_eq!(
-        batch.pixel_attention_mask, mask,
-        "{prefix}: pixel_attention_mask"
-    );
+    assert_eq!(batch.pixel_attention_mask, mask, "{prefix}: pixel_attention_mask");
     for (i, im) in out.iter().enumerate() {
         let want_sum: i32 = mask[i * budget..(i + 1) * budget].iter().sum();
         assert_eq!(im.num_patches() as i32, want_sum, "{prefix}[{i}]: mask sum");
         let n = im.num_patches() * 768;
         let d = max_abs_diff(&im.pixel_values, &pv[i * budget * 768..][..n]);
-        eprintln!(
-            "{prefix}[{i}] {} grid {}x{}: max abs diff {d:e}",
-            files[i], im.grid_h, im.grid_w
-        );
-        assert!(
-            d <= 1e-6,
-            "{prefix}[{i}] {}: pixel_values max abs diff {d}",
-            files[i]
-        );
+        eprintln!("{prefix}[{i}] {} grid {}x{}: max abs diff {d:e}", files[i], im.grid_h, im.grid_w);
+        assert!(d <= 1e-6, "{prefix}[{i}] {}: pixel_values max abs diff {d}", files[i]);
     }
     // the padded batch equals the processor output everywhere (zero rows included)
     let d = max_abs_diff(&batch.pixel_values, &pv);

@@ -1,7 +1,7 @@
 //! The fgclip-image integration tests, one binary (one link step) with a module per topic.
 
-mod common;
 mod bad_input;
+mod common;
 mod fixtures_v1;
 mod fixtures_v2;
 mod pil_cases;

@@ -13,33 +13,21 @@ fn expected() -> Tensors {
 #[test]
 fn decode_matches_pillow_convert_rgb() {
     let t = expected();
-    let mut names: Vec<String> = t
-        .names()
-        .into_iter()
-        .filter(|n| n.starts_with("decode."))
-        .collect();
+    let mut names: Vec<String> = t.names().into_iter().filter(|n| n.starts_with("decode.")).collect();
     names.sort();
-    assert!(
-        names.len() >= 16,
-        "expected all decode cases, got {names:?}"
-    );
+    assert!(names.len() >= 16, "expected all decode cases, got {names:?}");
     let mut failures = vec![];
     for name in &names {
         let file = name.strip_prefix("decode.").unwrap();
         let (shape, want) = t.u8(name);
-        let img =
-            load_rgb(&data_dir().join("pil").join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let img = load_rgb(&data_dir().join("pil").join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!([img.height, img.width, 3], shape[..], "{file} size");
         let (maxd, n) = u8_diff(&img.data, &want);
         if maxd != 0 {
             failures.push(format!("{file}: max abs diff {maxd}, {n} values differ"));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "decode mismatches vs Pillow:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "decode mismatches vs Pillow:\n{}", failures.join("\n"));
 }
 
 #[test]
@@ -70,9 +58,5 @@ fn resize_matches_pillow_bit_exact() {
         count += 1;
     }
     assert!(count >= 20, "expected resize cases, found {count}");
-    assert!(
-        failures.is_empty(),
-        "resize mismatches vs Pillow:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "resize mismatches vs Pillow:\n{}", failures.join("\n"));
 }

@@ -36,16 +36,23 @@ fn train_and_score(data: &Path, tiny: &Path, preset: &str, seed: usize, epochs: 
     let model = Model::load(summary.final_dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
     let file = fgclip_train::eval::read_fgovd(&data.join("test_fgovd.jsonl")).unwrap();
     let report = fgclip_train::eval::fgovd(&model, &file.lines, &data.join("images"), 64, &|_| {}).unwrap();
-    eprintln!("{preset}: {:.1}% of {} held-out boxes after {} updates", 100.0 * report.accuracy, report.total, summary.steps);
+    eprintln!(
+        "{preset}: {:.1}% of {} held-out boxes after {} updates",
+        100.0 * report.accuracy,
+        report.total,
+        summary.steps
+    );
     report.accuracy
 }
 
 #[test]
 fn fine_grained_objective_beats_global_only_on_held_out_boxes() {
-    let (n_train, epochs, seed) = (env_or("FGCLIP_ABLATION_TRAIN", 400), env_or("FGCLIP_ABLATION_EPOCHS", 6), env_or("FGCLIP_ABLATION_SEED", 1));
+    let (n_train, epochs, seed) =
+        (env_or("FGCLIP_ABLATION_TRAIN", 400), env_or("FGCLIP_ABLATION_EPOCHS", 6), env_or("FGCLIP_ABLATION_SEED", 1));
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let synth = fgclip_train::synth::SynthConfig { train: n_train, test: 100, size: 128, seed: 0, ..Default::default() };
+    let synth =
+        fgclip_train::synth::SynthConfig { train: n_train, test: 100, size: 128, seed: 0, ..Default::default() };
     fgclip_train::synth::generate(&synth, &data, &|_| {}).unwrap();
     let tiny = fgclip_train::tiny::write_for_synth(&data, synth.size).unwrap();
 

@@ -18,21 +18,11 @@ use fgclip::PreparedImages;
 use fgclip_train::batch::Batch;
 
 fn nums(t: &Tensor) -> Vec<usize> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .into_iter()
-        .map(|x| x as usize)
-        .collect()
+    t.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap().into_iter().map(|x| x as usize).collect()
 }
 
 fn boxes(t: &Tensor) -> Vec<[f32; 4]> {
-    t.to_vec2::<f32>()
-        .unwrap()
-        .into_iter()
-        .map(|r| [r[0], r[1], r[2], r[3]])
-        .collect()
+    t.to_vec2::<f32>().unwrap().into_iter().map(|r| [r[0], r[1], r[2], r[3]]).collect()
 }
 
 /// The fixture's `batch.*` tensors as our `Batch`: fixed-size pixels (FG-CLIP) or NaFlex patches with their
@@ -60,7 +50,12 @@ pub fn fixture_batch(fx: &HashMap<String, Tensor>) -> Batch {
             let image = fx["batch.image"].clone();
             let (b, s) = (image.dim(0).unwrap(), image.dim(2).unwrap());
             // FG-CLIP fixtures are ViT-B/16-shaped: a 16-pixel patch grid.
-            PreparedImages { pixel_values: image, valid: None, grids: vec![(s / 16, s / 16); b], sizes: vec![(s, s); b] }
+            PreparedImages {
+                pixel_values: image,
+                valid: None,
+                grids: vec![(s / 16, s / 16); b],
+                sizes: vec![(s, s); b],
+            }
         }
     };
     Batch {

@@ -23,7 +23,9 @@ fn rec(f: &str, boxes: &[String]) -> String {
 /// (record text, the problem it must raise (substring), whether only a box is dropped). One record per line.
 fn cases() -> Vec<(String, Option<&'static str>, bool)> {
     let g = good_box("red cup");
-    let box_with = |field: &str, value: &str| g.replacen(&format!("\"{field}\":"), &format!("\"{field}\":{value},\"x_{field}\":"), 1);
+    let box_with = |field: &str, value: &str| {
+        g.replacen(&format!("\"{field}\":"), &format!("\"{field}\":{value},\"x_{field}\":"), 1)
+    };
     vec![
         (rec("ok1.jpg", &[g.clone(), g.clone()]), None, false),
         (r#"{"f_path":"m.jpg","caption":"c","short_caption": }"#.to_string(), Some("malformed JSON"), false),
@@ -33,8 +35,16 @@ fn cases() -> Vec<(String, Option<&'static str>, bool)> {
         (r#"[1, 2]"#.to_string(), Some("not a JSON object"), false),
         (rec("b3.jpg", &[g.clone(), box_with("bbox", "[0.1,0.2,0.3]")]), Some("bbox has 3 values"), true),
         // Python's json writes NaN / Infinity and reads 1e999 as inf; serde_json rejects all three.
-        (rec("bnf.jpg", &[box_with("bbox", "[0.1,0.2,1e999,0.6]"), g.clone()]), Some("bbox_info[0]: bbox has a non-finite"), true),
-        (rec("bnan.jpg", &[g.clone(), box_with("bbox", "[NaN,0.2,0.3,0.6]")]), Some("bbox_info[1]: bbox has a non-finite value (NaN"), true),
+        (
+            rec("bnf.jpg", &[box_with("bbox", "[0.1,0.2,1e999,0.6]"), g.clone()]),
+            Some("bbox_info[0]: bbox has a non-finite"),
+            true,
+        ),
+        (
+            rec("bnan.jpg", &[g.clone(), box_with("bbox", "[NaN,0.2,0.3,0.6]")]),
+            Some("bbox_info[1]: bbox has a non-finite value (NaN"),
+            true,
+        ),
         // A NaN detector score (5th value, never used) is not a problem.
         (rec("score.jpg", &[box_with("bbox", "[0.1,0.2,0.3,0.6,NaN]")]), None, false),
         (rec("bout.jpg", &[box_with("bbox", "[0.1,0.2,1.2,0.6]")]), Some("outside [0, 1]"), true),
@@ -43,7 +53,11 @@ fn cases() -> Vec<(String, Option<&'static str>, bool)> {
         (rec("bse.jpg", &[box_with("short_expr", "\"\"")]), Some("empty short_expr"), true),
         (rec("ble.jpg", &[box_with("long_expr", "\" \"")]), Some("empty long_expr"), true),
         (rec("bn9.jpg", &[g.replace(r#","n9":"Neg 9""#, "")]), Some("flag_short_neg = 1 with 9 negatives"), true),
-        (rec("bmiss.jpg", &[g.replace(r#""long_expr":"a long red cup","#, "")]), Some("missing field `long_expr`"), true),
+        (
+            rec("bmiss.jpg", &[g.replace(r#""long_expr":"a long red cup","#, "")]),
+            Some("missing field `long_expr`"),
+            true,
+        ),
         // Tiny excursions beyond [0, 1] are rounding, not errors.
         (rec("eps.jpg", &[box_with("bbox", "[0.0,0.0,1.0004,1.0]")]), None, false),
         (rec("ok2.jpg", &[]), None, false),
@@ -242,8 +256,15 @@ fn dataset_languages_and_image_checks() {
         "cn.json",
         r#"[{"f_path":"c.jpg","caption":"两只猫","short_caption":"猫","is_cn":null,"bbox_info":[{"bbox":[9,9,0,0],"short_expr":"","long_expr":""}]}]"#,
     );
-    let roots = ImageRoots { en: en_img.clone(), cn: Some(cn_img.clone()), f_path_remove: Some("grit-20m/data-12m/".into()) };
-    let spec = DataSpec { en: vec![en.clone()], cn: vec![cn.clone()], roots: roots.clone(), policy: Policy::Skip, check_images: true };
+    let roots =
+        ImageRoots { en: en_img.clone(), cn: Some(cn_img.clone()), f_path_remove: Some("grit-20m/data-12m/".into()) };
+    let spec = DataSpec {
+        en: vec![en.clone()],
+        cn: vec![cn.clone()],
+        roots: roots.clone(),
+        policy: Policy::Skip,
+        check_images: true,
+    };
     let ds = Dataset::load(&spec).unwrap();
     assert_eq!(ds.len(), 2);
     assert_eq!(ds.langs(), [Lang::En, Lang::Cn]);

@@ -18,8 +18,6 @@ use fgclip_train::dist::{Collective, SingleProcess, ThreadGroup};
 use fgclip_train::objective::{forward, ObjectiveConfig};
 use fgclip_train::trainable::Trainable;
 
-
-
 /// Samples `lo..hi` of a batch (what rank r of a data-parallel run receives).
 fn shard(b: &Batch, lo: usize, hi: usize) -> Batch {
     let n = hi - lo;
@@ -47,7 +45,12 @@ fn shard(b: &Batch, lo: usize, hi: usize) -> Batch {
 }
 
 /// Gradients of every parameter (by name) for one forward/backward of `batch` on `coll`, DDP-averaged.
-fn grads(model: &Trainable, batch: &Batch, cfg: &ObjectiveConfig, coll: &dyn Collective) -> (HashMap<String, Vec<f32>>, f32, Option<f32>) {
+fn grads(
+    model: &Trainable,
+    batch: &Batch,
+    cfg: &ObjectiveConfig,
+    coll: &dyn Collective,
+) -> (HashMap<String, Vec<f32>>, f32, Option<f32>) {
     let out = forward(model, batch, cfg, 1.5, coll).unwrap();
     let g = out.backward.backward().unwrap();
     let mut map = HashMap::new();
@@ -64,7 +67,11 @@ fn grads(model: &Trainable, batch: &Batch, cfg: &ObjectiveConfig, coll: &dyn Col
 
 /// Runs `f` on one thread per sample of `batch`, each a rank of a `ThreadGroup` with its own model copy and
 /// its one-sample shard; returns the ranks' results in rank order.
-fn on_ranks<T: Send>(files: &ModelFiles, batch: &Batch, f: impl Fn(Trainable, Batch, ThreadGroup) -> T + Sync) -> Vec<T> {
+fn on_ranks<T: Send>(
+    files: &ModelFiles,
+    batch: &Batch,
+    f: impl Fn(Trainable, Batch, ThreadGroup) -> T + Sync,
+) -> Vec<T> {
     let f = &f;
     std::thread::scope(|s| {
         let handles: Vec<_> = ThreadGroup::new(batch.len())
@@ -94,7 +101,10 @@ fn check(dir: &str, fixture: &str) {
 
     // Each rank's reported loss is its own official term; their mean is the whole-batch loss.
     let mean_loss = results.iter().map(|r| r.1).sum::<f32>() / world as f32;
-    assert!((mean_loss - want_loss).abs() <= 1e-5 * want_loss.abs(), "mean rank loss {mean_loss} vs world-1 loss {want_loss}");
+    assert!(
+        (mean_loss - want_loss).abs() <= 1e-5 * want_loss.abs(),
+        "mean rank loss {mean_loss} vs world-1 loss {want_loss}"
+    );
 
     let mut worst = 0f32;
     let mut with_grad = 0;

@@ -176,7 +176,8 @@ fn scalar(t: &Tensor) -> f32 {
 }
 
 const SHORT: [&str; 2] = ["a photo of a cat", "a red cup on a table"];
-const LONG: [&str; 1] = ["a long caption about a tabby cat lying on a wooden floor next to a red cup and a blue bowl, \
+const LONG: [&str; 1] =
+    ["a long caption about a tabby cat lying on a wooden floor next to a red cup and a blue bowl, \
                           with sunlight coming from a window on the left side of the room"];
 
 fn load(dir: &Path) -> Model {
@@ -244,7 +245,11 @@ fn clip_backbone_to_fgclip() {
     finite("image features", &ie);
     assert_bit_equal("image features vs fixture", &ie, &reference.encode_images(&images(&fx, &reference)).unwrap());
     let short = conv.encode_texts(&SHORT, TextWalk::Short).unwrap();
-    assert_bit_equal("short text features vs fixture", &short, &reference.encode_texts(&SHORT, TextWalk::Short).unwrap());
+    assert_bit_equal(
+        "short text features vs fixture",
+        &short,
+        &reference.encode_texts(&SHORT, TextWalk::Short).unwrap(),
+    );
     let long = conv.encode_texts(&LONG, TextWalk::Long).unwrap();
     assert_eq!(long.dims(), &[1, 48]);
     finite("long text features", &long);
@@ -312,7 +317,11 @@ fn siglip2_backbone_to_fgclip2() {
         finite("dense features", &dm.features);
     }
     let short = conv.encode_texts(&SHORT, TextWalk::Short).unwrap();
-    assert_bit_equal("short text features vs fixture", &short, &reference.encode_texts(&SHORT, TextWalk::Short).unwrap());
+    assert_bit_equal(
+        "short text features vs fixture",
+        &short,
+        &reference.encode_texts(&SHORT, TextWalk::Short).unwrap(),
+    );
     // boxtext_head is a copy of text_model.head and box texts use the short table, so box = short. The head
     // runs in a different place (after vs inside the text model), so allow f32 round-off: 1e-6.
     let boxed = conv.encode_texts(&SHORT, TextWalk::Box).unwrap();
@@ -407,7 +416,11 @@ fn training_starts_from_a_backbone() {
 
     let init = out.join(fgclip_train::run::BACKBONE_INIT_DIR);
     let converted = common::load_tensors(&init.join("model.safetensors"));
-    assert_bit_equal("text_filip_projection", &converted["text_filip_projection.weight"], &source["text_projection.weight"]);
+    assert_bit_equal(
+        "text_filip_projection",
+        &converted["text_filip_projection.weight"],
+        &source["text_projection.weight"],
+    );
     // Training moved the weights away from the conversion.
     let trained = common::load_tensors(&summary.final_dir.join("model.safetensors"));
     let moved = (trained["text_filip_projection.weight"].clone() - &converted["text_filip_projection.weight"])
@@ -423,7 +436,11 @@ fn training_starts_from_a_backbone() {
     // A second start (here: a finished run, so it only resumes) reuses the converted folder.
     let stamp = std::fs::metadata(init.join("model.safetensors")).unwrap().modified().unwrap();
     fgclip_train::run::run(&cfg, false).unwrap();
-    assert_eq!(std::fs::metadata(init.join("model.safetensors")).unwrap().modified().unwrap(), stamp, "converted again");
+    assert_eq!(
+        std::fs::metadata(init.join("model.safetensors")).unwrap().modified().unwrap(),
+        stamp,
+        "converted again"
+    );
 
     // Exclusive with `init` and `config`.
     let both = [sets.to_vec(), vec![format!("model.init={}", q(&src))]].concat();

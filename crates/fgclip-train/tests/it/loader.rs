@@ -109,7 +109,8 @@ fn dataset(dir: &Path, n_en: usize, n_cn: usize) -> Arc<Dataset> {
     let mut records = Vec::new();
     for (i, lang) in langs(n_en, n_cn).into_iter().enumerate() {
         let (w, h) = (130 + 7 * (i as u32 % 9), 140 + 11 * (i as u32 % 5));
-        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x + i as u32) as u8, (y * 2) as u8, (i * 13) as u8]));
+        let img =
+            image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x + i as u32) as u8, (y * 2) as u8, (i * 13) as u8]));
         let name = format!("{i}.png");
         let root = if lang == Lang::En { &en_root } else { &cn_root };
         img.save(root.join(&name)).unwrap();
@@ -143,7 +144,11 @@ fn assert_same(a: &Batch, b: &Batch, what: &str) {
     assert_eq!(v2(a.text_long.as_ref().unwrap()), v2(b.text_long.as_ref().unwrap()), "{what}: text_long");
     assert_eq!(v2(&a.box_texts), v2(&b.box_texts), "{what}: box_texts");
     assert_eq!(v2(&a.hard_texts), v2(&b.hard_texts), "{what}: hard_texts");
-    assert_eq!((&a.box_infos, &a.box_nums, &a.hard_infos, &a.hard_nums), (&b.box_infos, &b.box_nums, &b.hard_infos, &b.hard_nums), "{what}: boxes");
+    assert_eq!(
+        (&a.box_infos, &a.box_nums, &a.hard_infos, &a.hard_nums),
+        (&b.box_infos, &b.box_nums, &b.hard_infos, &b.hard_nums),
+        "{what}: boxes"
+    );
     assert_eq!(a.is_cn, b.is_cn);
     let (pa, pb) = (&a.pixels, &b.pixels);
     assert!(pa.valid.is_some() && pb.valid.is_some(), "{what}: expected NaFlex pixels");
@@ -231,7 +236,10 @@ fn rank_shards_partition_the_global_batch() {
     // Each rank's batches (incl. its box-caption stream) are reproducible.
     let again = epoch(&mut ranks[1], 0, 0);
     assert_same(&again[1], &per_rank[1][1], "rank 1 replay");
-    assert!(Loader::new(data.clone(), c.clone(), cfg(2, 2, 2, Sampler::Random, 0), Device::Cpu).is_err(), "rank ≥ world");
+    assert!(
+        Loader::new(data.clone(), c.clone(), cfg(2, 2, 2, Sampler::Random, 0), Device::Cpu).is_err(),
+        "rank ≥ world"
+    );
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! The fgclip-train integration tests, one binary (one link step) with a module per topic.
 
-mod common;
 mod ablation;
 mod collate_parity;
+mod common;
 mod data_records;
 mod dist_gather;
 mod init_backbone;

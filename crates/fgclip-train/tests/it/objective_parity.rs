@@ -25,15 +25,29 @@ fn loss_weights_from_the_config_scale_each_term() {
     let Some(fx_dir) = fixtures_dir() else { return };
     for (family, file) in [("fgclip_v1", "v1_forward"), ("fgclip2", "v2_forward")] {
         let fx = load_tensors(&fx_dir.join(format!("losses/{file}.safetensors")));
-        let model = Trainable::from_files(&ModelFiles::from_dir(fx_dir.join(format!("{family}/model"))).unwrap(), &Device::Cpu).unwrap();
+        let model =
+            Trainable::from_files(&ModelFiles::from_dir(fx_dir.join(format!("{family}/model"))).unwrap(), &Device::Cpu)
+                .unwrap();
         let batch = fixture_batch(&fx);
         let base = run(&model, &batch, ObjectiveConfig::full(), 0.0);
         // The papers' values, written out, give the default run bit for bit.
         let (v1, v2) = (fgclip::loss::V1Weights::OFFICIAL, fgclip::loss::V2Weights::OFFICIAL);
         let explicit = if family == "fgclip_v1" {
-            LossWeights { long: Some(v1.long), short: Some(v1.short), region: Some(v1.region), hard: Some(v1.hard), ..Default::default() }
+            LossWeights {
+                long: Some(v1.long),
+                short: Some(v1.short),
+                region: Some(v1.region),
+                hard: Some(v1.hard),
+                ..Default::default()
+            }
         } else {
-            LossWeights { long: Some(v2.long), region: Some(v2.region), tic: Some(v2.tic), hard: Some(v2.hard), ..Default::default() }
+            LossWeights {
+                long: Some(v2.long),
+                region: Some(v2.region),
+                tic: Some(v2.tic),
+                hard: Some(v2.hard),
+                ..Default::default()
+            }
         };
         let same = run(&model, &batch, ObjectiveConfig { weights: explicit, ..ObjectiveConfig::full() }, 0.0);
         assert_eq!(same.total, base.total, "{family}: explicit paper weights");
@@ -49,13 +63,13 @@ fn loss_weights_from_the_config_scale_each_term() {
 
 fn close(what: &str, got: f32, want: f32) {
     let tol = 2e-5 * want.abs() + 1e-6;
-    assert!((got - want).abs() <= tol, "{what}: got {got}, official {want} (|Δ| = {:.3e} > {tol:.3e})", (got - want).abs());
+    assert!(
+        (got - want).abs() <= tol,
+        "{what}: got {got}, official {want} (|Δ| = {:.3e} > {tol:.3e})",
+        (got - want).abs()
+    );
     eprintln!("{what}: |Δ| = {:.2e}", (got - want).abs());
 }
-
-
-
-
 
 fn run(model: &Trainable, batch: &Batch, cfg: ObjectiveConfig, threshold: f32) -> LossReport {
     forward(model, batch, &cfg, threshold, &SingleProcess).unwrap().report
@@ -136,7 +150,11 @@ fn fgclip2_training_forward_matches_official() {
     let h = run(&model, &batch, ObjectiveConfig { region: false, tic: false, ..ObjectiveConfig::full() }, 0.0);
     close("toggle hard only", h.total, scalar(&fx["fwd.toggle.hard_only"]));
     let no_long = Batch { text_long: None, ..batch.clone() };
-    close("no long captions", run(&model, &no_long, ObjectiveConfig::full(), 0.0).total, scalar(&fx["fwd.no_text_long.loss"]));
+    close(
+        "no long captions",
+        run(&model, &no_long, ObjectiveConfig::full(), 0.0).total,
+        scalar(&fx["fwd.no_text_long.loss"]),
+    );
 
     for p in ["logit_scale", "logit_bias", "logit_scale_finegraind", "logit_scale_hardneg"] {
         let got = grad_of(&model, &batch, p);

@@ -61,7 +61,10 @@ fn same_seed_gives_identical_bytes_and_another_seed_does_not() {
     // A different seed changes the data (not just the file names).
     let (d, _) = gen(&cfg(12, 4, 96, 8));
     assert_ne!(read_bytes(&a.path().join("train.json")), read_bytes(&d.path().join("train.json")));
-    assert_ne!(read_bytes(&a.path().join("images/train_000000.png")), read_bytes(&d.path().join("images/train_000000.png")));
+    assert_ne!(
+        read_bytes(&a.path().join("images/train_000000.png")),
+        read_bytes(&d.path().join("images/train_000000.png"))
+    );
 }
 
 #[test]
@@ -90,11 +93,25 @@ fn layout_counts_and_records_pass_the_finehard_reader() {
         assert!(r.is_cn.is_none());
         // Captions mention every object; the long one with all four attributes.
         for b in &r.bbox_info {
-            assert!(r.caption.contains(&b.short_expr), "{}: caption {:?} lacks {:?}", r.f_path, r.caption, b.short_expr);
-            assert!(b.long_expr.starts_with(&format!("a {}", b.short_expr)) || b.long_expr.starts_with(&format!("an {}", b.short_expr)));
+            assert!(
+                r.caption.contains(&b.short_expr),
+                "{}: caption {:?} lacks {:?}",
+                r.f_path,
+                r.caption,
+                b.short_expr
+            );
+            assert!(
+                b.long_expr.starts_with(&format!("a {}", b.short_expr))
+                    || b.long_expr.starts_with(&format!("an {}", b.short_expr))
+            );
             let a = Attributes::parse(&b.short_expr).unwrap();
             let name = format!("{} {}", synth::COLOURS[a.colour].0, synth::SHAPES[a.shape]);
-            assert!(r.short_caption.contains(&name), "{}: short caption {:?} lacks {name:?}", r.f_path, r.short_caption);
+            assert!(
+                r.short_caption.contains(&name),
+                "{}: short caption {:?} lacks {name:?}",
+                r.f_path,
+                r.short_caption
+            );
         }
     }
     // The FG-OVD file: one line per held-out box, pointing at the held-out images.
@@ -116,7 +133,8 @@ fn layout_counts_and_records_pass_the_finehard_reader() {
             assert_eq!(l.bbox, [n[0] * 128.0, n[1] * 128.0, (n[2] - n[0]) * 128.0, (n[3] - n[1]) * 128.0]);
         }
     }
-    let summary: SynthSummary = serde_json::from_str(&std::fs::read_to_string(out.join("synth.json")).unwrap()).unwrap();
+    let summary: SynthSummary =
+        serde_json::from_str(&std::fs::read_to_string(out.join("synth.json")).unwrap()).unwrap();
     assert_eq!(summary.train_images, 30);
     assert_eq!(summary.test_boxes, file.lines.len());
 }
@@ -140,7 +158,12 @@ fn every_negative_swaps_exactly_one_attribute_and_describes_no_object() {
             let want: Vec<String> = (0..NEGATIVES_PER_BOX).map(|i| format!("neg_{i}")).collect();
             assert_eq!(keys, want.iter().map(|s| s.as_str()).collect::<Vec<_>>());
             let negs: Vec<&str> = b.short_expr_negs.values().map(String::as_str).collect();
-            assert_eq!(negs.iter().collect::<HashSet<_>>().len(), NEGATIVES_PER_BOX, "{}: repeated negatives", r.f_path);
+            assert_eq!(
+                negs.iter().collect::<HashSet<_>>().len(),
+                NEGATIVES_PER_BOX,
+                "{}: repeated negatives",
+                r.f_path
+            );
             for n in negs {
                 let a = Attributes::parse(n).unwrap_or_else(|| panic!("unparsable negative {n:?}"));
                 let d = a.differences(pos);
@@ -192,7 +215,11 @@ fn boxes_are_inside_the_image_and_tight_around_the_drawn_pixels() {
             };
             for b in &r.bbox_info {
                 let n = &b.bbox;
-                assert!(n.iter().all(|v| (0.0..=1.0).contains(v)) && n[0] < n[2] && n[1] < n[3], "{}: bbox {n:?}", r.f_path);
+                assert!(
+                    n.iter().all(|v| (0.0..=1.0).contains(v)) && n[0] < n[2] && n[1] < n[3],
+                    "{}: bbox {n:?}",
+                    r.f_path
+                );
                 let px: Vec<i64> = n.iter().map(|v| (v * size as f32).round() as i64).collect();
                 let (x1, y1, x2, y2) = (px[0], px[1], px[2], px[3]);
                 // Not too large: each edge row/column of the box holds a drawn pixel.
@@ -337,7 +364,8 @@ fn bad_lines_are_named_by_file_and_line_or_skipped() {
     only_missing[4].bbox = eval::read_fgovd(&dir.path().join("test_fgovd.jsonl")).unwrap().lines[4].bbox;
     write_jsonl(&path, &only_missing);
     let file = eval::read_fgovd(&path).unwrap();
-    let mut opts = FgovdOptions { image_root: root.clone(), batch: 2, on_bad_line: OnBadLine::Error, source: file.source.clone() };
+    let mut opts =
+        FgovdOptions { image_root: root.clone(), batch: 2, on_bad_line: OnBadLine::Error, source: file.source.clone() };
     let e = eval::fgovd_with(&m, &file.lines, &opts, &|_| {}).unwrap_err().to_string();
     assert!(e.contains(&format!("{}:4", path.display())) && e.contains("missing_image.png"), "{e}");
     // Skip mode with both problems.
@@ -359,7 +387,12 @@ fn bad_lines_are_named_by_file_and_line_or_skipped() {
     // A degenerate box is caught before any image is read.
     let mut l2 = lines.clone();
     l2[0].bbox[2] = 0.0;
-    let e = eval::fgovd_with(&m, &l2, &FgovdOptions { source: LineSource { file: "x.jsonl".into(), numbers: vec![] }, ..opts.clone() }, &|_| {});
+    let e = eval::fgovd_with(
+        &m,
+        &l2,
+        &FgovdOptions { source: LineSource { file: "x.jsonl".into(), numbers: vec![] }, ..opts.clone() },
+        &|_| {},
+    );
     assert!(e.is_ok(), "skip mode keeps going");
     opts.on_bad_line = OnBadLine::Error;
     opts.source = LineSource { file: "x.jsonl".into(), numbers: vec![] };
@@ -372,7 +405,11 @@ fn unparsable_fgovd_lines_name_file_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("f.jsonl");
     let good = r#"{"img_path":"a.png","bbox":[1,2,3,4],"pos_expression":["x"],"neg_expression":["y"]}"#;
-    std::fs::write(&p, format!("{good}\n{{\"img_path\":\"a.png\",\"pos_expression\":[\"x\"],\"neg_expression\":[]}}\n")).unwrap();
+    std::fs::write(
+        &p,
+        format!("{good}\n{{\"img_path\":\"a.png\",\"pos_expression\":[\"x\"],\"neg_expression\":[]}}\n"),
+    )
+    .unwrap();
     let e = eval::read_fgovd(&p).unwrap_err().to_string();
     assert!(e.contains(&format!("{}:2", p.display())) && e.contains("bbox"), "{e}");
     std::fs::write(&p, "\n\n").unwrap();

@@ -60,7 +60,6 @@ impl BatchSource for FixtureSource {
     }
 }
 
-
 fn loop_cfg(out: &Path, epochs: usize, save_every: usize) -> LoopConfig {
     LoopConfig {
         objective: ObjectiveConfig::full(),
@@ -106,7 +105,12 @@ fn resume_after_a_crash_continues_the_same_loss_curve() {
     assert_eq!(sum.steps, 6);
     let full = log_lines(&a);
     assert_eq!(full.iter().map(|l| l.step).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
-    assert!(full[5].loss < full[0].loss, "6 steps at lr 1e-3 should lower the loss: {} → {}", full[0].loss, full[5].loss);
+    assert!(
+        full[5].loss < full[0].loss,
+        "6 steps at lr 1e-3 should lower the loss: {} → {}",
+        full[0].loss,
+        full[5].loss
+    );
 
     // Crash while fetching the 6th batch (after checkpoint-4 was written), then resume from scratch.
     let b = tmp.path().join("b");
@@ -145,7 +149,12 @@ fn saved_checkpoint_loads_in_the_inference_api_with_the_same_features() {
     let m = model.towers.as_any().downcast_ref::<fgclip::fgclip1::FgClip>().expect("an FG-CLIP model");
     let px = &batch.pixels.pixel_values;
     let g = m.cfg.vision.grid();
-    let prepared = fgclip::PreparedImages { pixel_values: px.clone(), valid: None, grids: vec![(g, g); 3], sizes: vec![(112, 112); 3] };
+    let prepared = fgclip::PreparedImages {
+        pixel_values: px.clone(),
+        valid: None,
+        grids: vec![(g, g); 3],
+        sizes: vec![(112, 112); 3],
+    };
     let got = loaded.encode_images(&prepared).unwrap();
     let want = m.image_features(px).unwrap();
     let d = max_abs_diff(&got, &want);
@@ -205,7 +214,8 @@ fn a_nan_loss_stops_with_a_named_error() {
     // A NaN pixel poisons the image features and so the loss.
     let mut bad = batch.clone();
     bad.pixels.pixel_values = Tensor::full(f32::NAN, batch.pixels.pixel_values.dims(), &Device::Cpu).unwrap();
-    let err = train(&model, &mut source(&bad, 2, None), &loop_cfg(&tmp.path().join("nan"), 1, 0), &SingleProcess).unwrap_err();
+    let err = train(&model, &mut source(&bad, 2, None), &loop_cfg(&tmp.path().join("nan"), 1, 0), &SingleProcess)
+        .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("loss is NaN") && msg.contains("step 0"), "{msg}");
 }

@@ -22,8 +22,8 @@ pub const EOS_ID: u32 = 49407;
 
 #[derive(Clone, Debug)]
 pub struct TextTower {
-    pub token_embedding: Tensor,    // [V, Dt]
-    pub position_embedding: Tensor, // [77, Dt]
+    pub token_embedding: Tensor,        // [V, Dt]
+    pub position_embedding: Tensor,     // [77, Dt]
     pub position_embedding_ori: Tensor, // [248, Dt]
     pub position_embedding_res: Tensor, // [248, Dt]
     pub encoder: Encoder,
@@ -98,10 +98,8 @@ impl TextTower {
         let x = self.encoder.forward(&x, &KeyMask::Causal)?;
         let x = self.final_layer_norm.forward(&x)?;
         // First eos per row; torch's argmax over an all-false row gives 0, kept for fidelity.
-        let idx: Vec<u32> = host
-            .chunks(len)
-            .map(|row| row.iter().position(|&t| t == EOS_ID).unwrap_or(0) as u32)
-            .collect();
+        let idx: Vec<u32> =
+            host.chunks(len).map(|row| row.iter().position(|&t| t == EOS_ID).unwrap_or(0) as u32).collect();
         let pooled = pool_rows(&x, &idx)?;
         Ok((x, pooled))
     }

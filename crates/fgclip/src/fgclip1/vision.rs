@@ -14,8 +14,8 @@ use crate::Result;
 
 #[derive(Clone, Debug)]
 pub struct VisionTower {
-    pub patch_embedding: Tensor, // [Dv, 3, p, p]
-    pub class_embedding: Tensor, // [Dv]
+    pub patch_embedding: Tensor,    // [Dv, 3, p, p]
+    pub class_embedding: Tensor,    // [Dv]
     pub position_embedding: Tensor, // [1 + g², Dv]
     pub pre_layrnorm: LayerNorm,
     pub encoder: Encoder,

@@ -107,7 +107,8 @@ impl FgClip2 {
 
 impl FgClip2 {
     fn naflex<'a>(images: &'a PreparedImages) -> Result<NaflexInput<'a>> {
-        let valid = images.valid.as_ref().ok_or_else(|| Error::input("FG-CLIP 2 images need a patch mask (NaFlex input)"))?;
+        let valid =
+            images.valid.as_ref().ok_or_else(|| Error::input("FG-CLIP 2 images need a patch mask (NaFlex input)"))?;
         Ok(NaflexInput { pixel_values: &images.pixel_values, valid, grids: &images.grids })
     }
 }

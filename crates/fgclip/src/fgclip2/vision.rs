@@ -71,7 +71,12 @@ impl VisionTower {
     }
 
     /// Post-layernormed tokens `[B, N, Dv]` (HF `last_hidden_state`).
-    pub fn last_hidden_state(&self, pixel_values: &Tensor, grids: &[(usize, usize)], mask: &KeyMask) -> CResult<Tensor> {
+    pub fn last_hidden_state(
+        &self,
+        pixel_values: &Tensor,
+        grids: &[(usize, usize)],
+        mask: &KeyMask,
+    ) -> CResult<Tensor> {
         let x = self.embeddings(pixel_values, grids)?;
         let x = self.encoder.forward(&x, mask)?;
         self.post_layernorm.forward(&x)

@@ -349,7 +349,23 @@ impl FusedBlock {
         let shape = AttnShape { batch: b, q_len: n, kv_len: n, heads: self.heads, head_dim: self.head_dim };
         let scale = (self.head_dim as f32).powf(-0.5);
         // bf16 mode also takes bf16 products inside attention (f32 softmax and accumulation).
-        attention_with(self.isa, self.bf16, &qkv, 3 * d, 0, &qkv, 3 * d, d, &qkv, 3 * d, 2 * d, &shape, scale, mask.as_attn(), &mut h);
+        attention_with(
+            self.isa,
+            self.bf16,
+            &qkv,
+            3 * d,
+            0,
+            &qkv,
+            3 * d,
+            d,
+            &qkv,
+            3 * d,
+            2 * d,
+            &shape,
+            scale,
+            mask.as_attn(),
+            &mut h,
+        );
         let mut x1 = take(m * d);
         let epi = if self.ln1.is_some() { Epi::BiasResidual(x) } else { Epi::Bias };
         self.out_proj.forward(&h, m, epi, &mut x1)?;

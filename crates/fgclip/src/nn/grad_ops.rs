@@ -80,7 +80,18 @@ fn mat(data: &[f32], rs: usize, cs: usize) -> Mat<'_> {
 /// rayon pool (`parallel`) or on this thread (called per attention head, in parallel over heads). `accumulate`
 /// keeps dst's values. Every element the shapes and strides reach must be in bounds (asserted).
 #[allow(clippy::too_many_arguments)]
-fn gemm_strided(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, lhs: Mat, rhs: Mat, beta: f32, parallel: bool) {
+fn gemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    beta: f32,
+    parallel: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -169,10 +180,31 @@ impl CustomOp3 for LinearOp {
     fn name(&self) -> &'static str {
         "fgclip-linear"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.fwd(f32_slice(s1, l1, "linear x")?, l1, f32_slice(s2, l2, "linear weight")?, l2, Some(f32_slice(s3, l3, "linear bias")?))
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.fwd(
+            f32_slice(s1, l1, "linear x")?,
+            l1,
+            f32_slice(s2, l2, "linear weight")?,
+            l2,
+            Some(f32_slice(s3, l3, "linear bias")?),
+        )
     }
-    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dw, db) = Self::bwd_all(x, w, true, g)?;
         Ok((Some(dx), Some(dw), db))
     }
@@ -188,8 +220,20 @@ impl CustomOp3 for LinearBwd {
         "fgclip-linear-bwd"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, w, g) = (f32_slice(s1, l1, "linear backward x")?, f32_slice(s2, l2, "linear backward weight")?, f32_slice(s3, l3, "linear backward gradient")?);
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w, g) = (
+            f32_slice(s1, l1, "linear backward x")?,
+            f32_slice(s2, l2, "linear backward weight")?,
+            f32_slice(s3, l3, "linear backward gradient")?,
+        );
         let (rows, k) = l1.shape().dims2()?;
         let (n, _) = l2.shape().dims2()?;
         if g.len() != rows * n {
@@ -282,8 +326,17 @@ impl CustomOp3 for AttentionOp {
         "fgclip-attention"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (f32_slice(s1, l1, "attention q")?, f32_slice(s2, l2, "attention k")?, f32_slice(s3, l3, "attention v")?);
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (q, k, v) =
+            (f32_slice(s1, l1, "attention q")?, f32_slice(s2, l2, "attention k")?, f32_slice(s3, l3, "attention v")?);
         let (b, nq, d) = l1.shape().dims3()?;
         let nk = l2.shape().dims3()?.1;
         let shape = AttnShape { batch: b, q_len: nq, kv_len: nk, heads: self.heads, head_dim: d / self.heads };
@@ -292,7 +345,14 @@ impl CustomOp3 for AttentionOp {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
-    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        o: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, nq, d) = q.dims3()?;
         let nk = k.dim(1)?;
         // One op: the gradients of q, k and v laid end to end.
@@ -316,8 +376,17 @@ impl CustomOp3 for AttentionBwd<'_> {
         "fgclip-attention-bwd"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (f32_slice(s1, l1, "attention q")?, f32_slice(s2, l2, "attention k")?, f32_slice(s3, l3, "attention v")?);
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (q, k, v) =
+            (f32_slice(s1, l1, "attention q")?, f32_slice(s2, l2, "attention k")?, f32_slice(s3, l3, "attention v")?);
         let (o_st, o_l) = self.o.storage_and_layout();
         let (g_st, g_l) = self.g.storage_and_layout();
         let (candle_core::Storage::Cpu(o_s), candle_core::Storage::Cpu(g_s)) = (&*o_st, &*g_st) else {
@@ -418,7 +487,15 @@ impl CustomOp3 for LayerNormOp {
         "fgclip-layer-norm"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1, "layer_norm x")?;
         let w = f32_slice(s2, l2, "layer_norm weight")?;
         let b = f32_slice(s3, l3, "layer_norm bias")?;
@@ -431,7 +508,14 @@ impl CustomOp3 for LayerNormOp {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = w.dim(0)?;
         let rows = x.elem_count() / d.max(1);
         // One op computes dx (rows × d) followed by dw and db (one row each).
@@ -452,7 +536,15 @@ impl CustomOp3 for LayerNormBwd {
         "fgclip-layer-norm-bwd"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1, "layer_norm backward x")?;
         let w = f32_slice(s2, l2, "layer_norm backward weight")?;
         let g = f32_slice(s3, l3, "layer_norm backward gradient")?;
@@ -557,16 +649,16 @@ impl CustomOp2 for SoftmaxBwd {
         }
         let mut dx = vec![0f32; y.len()];
         if n > 0 {
-            dx.par_chunks_mut(n * ROWS_PER_TASK).zip(y.par_chunks(n * ROWS_PER_TASK).zip(g.par_chunks(n * ROWS_PER_TASK))).for_each(
-                |(dc, (yc, gc))| {
+            dx.par_chunks_mut(n * ROWS_PER_TASK)
+                .zip(y.par_chunks(n * ROWS_PER_TASK).zip(g.par_chunks(n * ROWS_PER_TASK)))
+                .for_each(|(dc, (yc, gc))| {
                     for ((dr, yr), gr) in dc.chunks_mut(n).zip(yc.chunks(n)).zip(gc.chunks(n)) {
                         let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
                         for i in 0..n {
                             dr[i] = yr[i] * (gr[i] - dot);
                         }
                     }
-                },
-            );
+                });
         }
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
@@ -630,12 +722,14 @@ impl CustomOp2 for QuickGeluBwd {
             candle_core::bail!("quick_gelu backward: shapes do not match");
         }
         let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(16 * 1024).zip(x.par_chunks(16 * 1024).zip(g.par_chunks(16 * 1024))).for_each(|(dc, (xc, gc))| {
-            for ((o, &v), &gv) in dc.iter_mut().zip(xc).zip(gc) {
-                let s = sigmoid(QUICK_GELU_A * v);
-                *o = gv * (s + QUICK_GELU_A * v * s * (1.0 - s));
-            }
-        });
+        dx.par_chunks_mut(16 * 1024).zip(x.par_chunks(16 * 1024).zip(g.par_chunks(16 * 1024))).for_each(
+            |(dc, (xc, gc))| {
+                for ((o, &v), &gv) in dc.iter_mut().zip(xc).zip(gc) {
+                    let s = sigmoid(QUICK_GELU_A * v);
+                    *o = gv * (s + QUICK_GELU_A * v * s * (1.0 - s));
+                }
+            },
+        );
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -655,7 +749,8 @@ mod tests {
         let gf = (fused * weight).unwrap().sum_all().unwrap().backward().unwrap();
         let gc = (composed * weight).unwrap().sum_all().unwrap().backward().unwrap();
         for (i, v) in vars.iter().enumerate() {
-            let (a, b) = (gf.get(v.as_tensor()).expect("fused gradient"), gc.get(v.as_tensor()).expect("composed gradient"));
+            let (a, b) =
+                (gf.get(v.as_tensor()).expect("fused gradient"), gc.get(v.as_tensor()).expect("composed gradient"));
             assert!(max_diff(a, b) < tol, "{name} gradient {i}: {}", max_diff(a, b));
         }
     }
@@ -669,7 +764,8 @@ mod tests {
         let b = Var::from_tensor(&Tensor::randn(0f32, 0.1, 96, &dev).unwrap()).unwrap();
         let r = Tensor::randn(0f32, 1.0, (3, 50, 96), &dev).unwrap();
         let fused = layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap();
-        let composed = crate::nn::reference::layer_norm_composed(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap();
+        let composed =
+            crate::nn::reference::layer_norm_composed(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap();
         check("layer_norm", &[&x, &w, &b], &fused, &composed, &r, 2e-5);
     }
 
@@ -706,7 +802,9 @@ mod tests {
         let d = heads * dh;
         let composed = |q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: &KeyMask| -> Tensor {
             let (nq, nk) = (q.dim(1).unwrap(), k.dim(1).unwrap());
-            let split = |t: &Tensor, n: usize| t.reshape((b, n, heads, dh)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+            let split = |t: &Tensor, n: usize| {
+                t.reshape((b, n, heads, dh)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap()
+            };
             let s = (split(q, nq).matmul(&split(k, nk).t().unwrap()).unwrap() * scale).unwrap();
             let s = match mask {
                 KeyMask::None => s,
@@ -716,7 +814,8 @@ mod tests {
             let p = candle_nn::ops::softmax(&s, D::Minus1).unwrap();
             p.matmul(&split(v, nk)).unwrap().transpose(1, 2).unwrap().reshape((b, nq, d)).unwrap()
         };
-        let valid = Tensor::new(&[[1f32, 1., 1., 1., 1., 1., 0., 0., 0.], [1., 1., 1., 1., 1., 1., 1., 1., 1.]], &dev).unwrap();
+        let valid =
+            Tensor::new(&[[1f32, 1., 1., 1., 1., 1., 0., 0., 0.], [1., 1., 1., 1., 1., 1., 1., 1., 1.]], &dev).unwrap();
         let cases = [
             (9, 9, KeyMask::None),
             (9, 9, KeyMask::Causal),

@@ -75,7 +75,15 @@ impl OpSet {
 
     /// Multi-head attention of projected queries `q` `[B, Nq, D]` over keys/values `[B, Nk, D]`:
     /// `softmax(scale·q·kᵀ + mask)·v` per head, heads merged back to `[B, Nq, D]`.
-    pub fn attention(self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64, mask: &KeyMask) -> CResult<Tensor> {
+    pub fn attention(
+        self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        heads: usize,
+        scale: f64,
+        mask: &KeyMask,
+    ) -> CResult<Tensor> {
         if self == OpSet::CpuTrain {
             // One fused op with a backward instead of per-head reshapes and batched small matmuls.
             return grad_ops::attention(q, k, v, heads, scale as f32, mask);

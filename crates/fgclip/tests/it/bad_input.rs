@@ -104,11 +104,8 @@ fn truncated_weights_file_is_reported_with_its_path() {
 fn invalid_config_field_is_named() {
     let Some(fx) = fixtures_dir() else { return };
     let dir = scratch_copy(&fx.join("fgclip2/model"), "cfg");
-    std::fs::write(
-        dir.join("config.json"),
-        r#"{"model_type": "fgclip2", "vision_config": {"hidden_size": "big"}}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.join("config.json"), r#"{"model_type": "fgclip2", "vision_config": {"hidden_size": "big"}}"#)
+        .unwrap();
     let msg = load(&dir).err().expect("must fail").to_string();
     assert!(msg.contains("vision_config") && msg.contains("config.json"), "{msg}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -122,15 +119,18 @@ fn degenerate_and_outside_boxes_give_defined_results() {
         let img = fgclip::fgclip_image::RgbImage { width: 64, height: 48, data: vec![128; 64 * 48 * 3] };
         let prepared = model.prepare_images(&[img], fgclip::PatchBudget::Fixed(64)).unwrap();
         let boxes = vec![vec![
-            [10.0, 10.0, 10.0, 30.0],   // zero width
-            [30.0, 30.0, 10.0, 10.0],   // inverted
+            [10.0, 10.0, 10.0, 30.0],     // zero width
+            [30.0, 30.0, 10.0, 10.0],     // inverted
             [100.0, 100.0, 120.0, 120.0], // outside, but near
-            [-5.0, -5.0, 70.0, 60.0],   // overlaps the border
+            [-5.0, -5.0, 70.0, 60.0],     // overlaps the border
         ]];
         let r = model.region_features(&prepared, &boxes).unwrap();
         let v: Vec<Vec<f32>> = r[0].to_vec2().unwrap();
         assert!(v.iter().flatten().all(|x| x.is_finite()), "{family}: NaN/inf in region features");
-        assert!(v[0].iter().all(|x| *x == 0.0) && v[1].iter().all(|x| *x == 0.0), "{family}: degenerate boxes must be 0");
+        assert!(
+            v[0].iter().all(|x| *x == 0.0) && v[1].iter().all(|x| *x == 0.0),
+            "{family}: degenerate boxes must be 0"
+        );
         assert!(v[2].iter().all(|x| *x == 0.0), "{family}: a box outside the map samples nothing");
         let n = fgclip::nn::l2_normalize(&r[0]).unwrap().to_vec2::<f32>().unwrap();
         assert!(n.iter().flatten().all(|x| x.is_finite()), "{family}: normalising zero rows must not give NaN");

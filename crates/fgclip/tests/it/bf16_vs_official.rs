@@ -35,7 +35,11 @@ fn assert_same_ranking(what: &str, img: &Tensor, txt: &Tensor, want_img: &Tensor
     let official: Vec<Vec<f32>> = want_img.matmul(&want_txt.t().unwrap()).unwrap().to_vec2().unwrap();
     for (i, (row, &j)) in official.iter().zip(&ours).enumerate() {
         let best = row.iter().cloned().fold(f32::MIN, f32::max);
-        assert!(row[j as usize] >= best - 2e-2, "{what}: image {i}: bf16 ranks text {j} first ({}), official best is {best}", row[j as usize]);
+        assert!(
+            row[j as usize] >= best - 2e-2,
+            "{what}: image {i}: bf16 ranks text {j} first ({}), official best is {best}",
+            row[j as usize]
+        );
     }
 }
 
@@ -62,9 +66,15 @@ fn fgclip2_bf16_mode_stays_near_official_outputs() {
         let g: Vec<(usize, usize)> = s.iter().map(|r| (r[0] as usize, r[1] as usize)).collect();
         let v = inp[&format!("{set}.pixel_attention_mask")].to_dtype(DType::F32).unwrap();
         let pv = &inp[&format!("{set}.pixel_values")];
-        let (global, dense) = m.image_and_dense_features(&NaflexInput { pixel_values: pv, valid: &v, grids: &g }).unwrap();
+        let (global, dense) =
+            m.image_and_dense_features(&NaflexInput { pixel_values: pv, valid: &v, grids: &g }).unwrap();
         let img = l2n(&global);
-        assert_close(&format!("v2 bf16 {set}.image_embeds_norm"), &img, &exp[&format!("{set}.image_embeds_norm")], TOL_BF16_NORM);
+        assert_close(
+            &format!("v2 bf16 {set}.image_embeds_norm"),
+            &img,
+            &exp[&format!("{set}.image_embeds_norm")],
+            TOL_BF16_NORM,
+        );
         for (i, &(h, w)) in g.iter().enumerate() {
             let want = exp[&format!("{set}.dense_embeds_norm")].get(i).unwrap().narrow(0, 0, h * w).unwrap();
             let got = l2n(&dense.get(i).unwrap().narrow(0, 0, h * w).unwrap());

@@ -41,9 +41,13 @@ fn fgclip2_from_files_matches_official_for_each_budget() {
     let exp = load_tensors(&dir.join("expected.safetensors"));
     let all = photos(&fx);
     let px: Vec<Vec<Vec<f64>>> = inp["boxes_pixel_xyxy"].to_vec3().unwrap();
-    let px: Vec<Vec<[f32; 4]>> =
-        px.iter().map(|img| img.iter().map(|b| [b[0] as f32, b[1] as f32, b[2] as f32, b[3] as f32]).collect()).collect();
-    for (set, budget, n_img) in [("p64", PatchBudget::Fixed(64), 3), ("p128", PatchBudget::Fixed(128), 3), ("dyn", PatchBudget::Dynamic, 1)] {
+    let px: Vec<Vec<[f32; 4]>> = px
+        .iter()
+        .map(|img| img.iter().map(|b| [b[0] as f32, b[1] as f32, b[2] as f32, b[3] as f32]).collect())
+        .collect();
+    for (set, budget, n_img) in
+        [("p64", PatchBudget::Fixed(64), 3), ("p128", PatchBudget::Fixed(128), 3), ("dyn", PatchBudget::Dynamic, 1)]
+    {
         let prepared = model.prepare_images(&all[..n_img], budget).unwrap();
         let shapes: Vec<Vec<i64>> = inp[&format!("{set}.spatial_shapes")].to_vec2().unwrap();
         let want: Vec<(usize, usize)> = shapes.iter().map(|r| (r[0] as usize, r[1] as usize)).collect();

@@ -25,7 +25,8 @@ struct Feats {
 }
 
 fn features(m: &Model, fx: &std::path::Path) -> Feats {
-    let paths: Vec<_> = ["cat_dfclor.jpg", "part.jpg", "df_cups.png"].iter().map(|n| fx.join("images").join(n)).collect();
+    let paths: Vec<_> =
+        ["cat_dfclor.jpg", "part.jpg", "df_cups.png"].iter().map(|n| fx.join("images").join(n)).collect();
     let imgs = Model::load_images(&paths).unwrap();
     let prep = m.prepare_images(&imgs, PatchBudget::Fixed(128)).unwrap();
     let (image, dense) = m.encode_images_with_dense(&prep).unwrap();
@@ -84,7 +85,13 @@ fn every_cpu_kernel_level_equals_reference_path() {
             assert_eq!(m.plan().isa, isa);
             compare(&format!("{family} fused ({isa}) vs reference"), &features(&m, &fx), &reference, 1e-5, false);
             let bf16 = load_with(&dir, Kernels::Auto, Precision::Bf16, Some(isa));
-            compare(&format!("{family} bf16 ({isa}) vs f32 (normalised)"), &features(&bf16, &fx), &reference, 2e-2, true);
+            compare(
+                &format!("{family} bf16 ({isa}) vs f32 (normalised)"),
+                &features(&bf16, &fx),
+                &reference,
+                2e-2,
+                true,
+            );
         }
     }
 }

@@ -1,8 +1,8 @@
 //! The fgclip integration tests, one binary (one link step) with a module per topic.
 
-mod common;
 mod bad_input;
 mod bf16_vs_official;
+mod common;
 mod end_to_end_images;
 mod fast_path;
 mod hub_download;

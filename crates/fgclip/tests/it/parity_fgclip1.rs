@@ -23,7 +23,8 @@ use fgclip::{LoadOptions, Model, TextWalk};
 
 fn setup() -> Option<(Model, std::collections::HashMap<String, Tensor>, std::collections::HashMap<String, Tensor>)> {
     let dir = fixtures_dir()?.join("fgclip_v1");
-    let model = Model::load(dir.join("model").to_str().unwrap(), &LoadOptions::default()).expect("load FG-CLIP fixture");
+    let model =
+        Model::load(dir.join("model").to_str().unwrap(), &LoadOptions::default()).expect("load FG-CLIP fixture");
     Some((model, load_tensors(&dir.join("inputs.safetensors")), load_tensors(&dir.join("expected.safetensors"))))
 }
 
@@ -133,7 +134,12 @@ fn logits_and_probabilities_match_official() {
     let logits = model.logits(&img, &short).unwrap();
     assert_close("logits_per_image_short", &logits, &exp["logits_per_image_short"], TOL_LOGIT);
     assert_close("probs_per_image_short", &model.probabilities(&logits).unwrap(), &exp["probs_per_image_short"], TOL);
-    assert_close("logits_per_image_long", &model.logits(&img, &long).unwrap(), &exp["logits_per_image_long"], TOL_LOGIT);
+    assert_close(
+        "logits_per_image_long",
+        &model.logits(&img, &long).unwrap(),
+        &exp["logits_per_image_long"],
+        TOL_LOGIT,
+    );
 }
 
 #[test]

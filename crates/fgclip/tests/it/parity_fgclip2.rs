@@ -27,7 +27,8 @@ type Ts = HashMap<String, Tensor>;
 
 fn setup() -> Option<(Model, Ts, Ts)> {
     let dir = fixtures_dir()?.join("fgclip2");
-    let model = Model::load(dir.join("model").to_str().unwrap(), &LoadOptions::default()).expect("load FG-CLIP 2 fixture");
+    let model =
+        Model::load(dir.join("model").to_str().unwrap(), &LoadOptions::default()).expect("load FG-CLIP 2 fixture");
     Some((model, load_tensors(&dir.join("inputs.safetensors")), load_tensors(&dir.join("expected.safetensors"))))
 }
 
@@ -60,7 +61,12 @@ fn image_embeddings_match_official() {
         assert_close(&format!("{set}.vision_embeddings"), &emb, &exp[&format!("{set}.vision_embeddings")], TOL);
         let (global, dense) = m.image_and_dense_features(&input).unwrap();
         assert_close(&format!("{set}.image_embeds"), &global, &exp[&format!("{set}.image_embeds")], TOL);
-        assert_close(&format!("{set}.image_embeds_norm"), &l2n(&global), &exp[&format!("{set}.image_embeds_norm")], TOL_NORM);
+        assert_close(
+            &format!("{set}.image_embeds_norm"),
+            &l2n(&global),
+            &exp[&format!("{set}.image_embeds_norm")],
+            TOL_NORM,
+        );
         // Dense: only the real rows of each image are meaningful.
         for (i, &(h, w)) in g.iter().enumerate() {
             let want = exp[&format!("{set}.dense_embeds")].i(i).unwrap().narrow(0, 0, h * w).unwrap();
@@ -96,8 +102,10 @@ fn roi_and_region_features_match_official() {
     let sizes: Vec<Vec<i64>> = inp["image_sizes_hw"].to_vec2().unwrap();
     let sizes: Vec<(usize, usize)> = sizes.iter().map(|r| (r[0] as usize, r[1] as usize)).collect();
     let px: Vec<Vec<Vec<f64>>> = inp["boxes_pixel_xyxy"].to_vec3().unwrap();
-    let px: Vec<Vec<[f32; 4]>> =
-        px.iter().map(|img| img.iter().map(|b| [b[0] as f32, b[1] as f32, b[2] as f32, b[3] as f32]).collect()).collect();
+    let px: Vec<Vec<[f32; 4]>> = px
+        .iter()
+        .map(|img| img.iter().map(|b| [b[0] as f32, b[1] as f32, b[2] as f32, b[3] as f32]).collect())
+        .collect();
     for set in ["p64", "p128"] {
         let g = grids(&inp, set);
         let v = valid(&inp, set);
@@ -118,7 +126,12 @@ fn roi_and_region_features_match_official() {
         // get_image_region_features: original-pixel boxes, unnormalised
         let reg = Tensor::cat(&model.regions_from_dense(&maps, &sizes, &px).unwrap(), 0).unwrap();
         assert_close(&format!("{set}.region_embeds"), &reg, &exp[&format!("{set}.region_embeds")], TOL);
-        assert_close(&format!("{set}.region_embeds_norm"), &l2n(&reg), &exp[&format!("{set}.region_embeds_norm")], TOL_NORM);
+        assert_close(
+            &format!("{set}.region_embeds_norm"),
+            &l2n(&reg),
+            &exp[&format!("{set}.region_embeds_norm")],
+            TOL_NORM,
+        );
     }
 }
 
@@ -131,7 +144,12 @@ fn text_embeddings_all_walks_match_official() {
         let mask = inp[&format!("attention_mask_{name}")].to_dtype(DType::F32).unwrap();
         let got = m.text_features(&i, Some(&mask), walk).unwrap();
         assert_close(&format!("text_embeds_{name}"), &got, &exp[&format!("text_embeds_{name}")], TOL);
-        assert_close(&format!("text_embeds_{name}_norm"), &l2n(&got), &exp[&format!("text_embeds_{name}_norm")], TOL_NORM);
+        assert_close(
+            &format!("text_embeds_{name}_norm"),
+            &l2n(&got),
+            &exp[&format!("text_embeds_{name}_norm")],
+            TOL_NORM,
+        );
         if let Some(want) = exp.get(&format!("text_embeds_{name}_nomask")) {
             let got = m.text_features(&i, None, walk).unwrap();
             assert_close(&format!("text_embeds_{name}_nomask"), &got, want, TOL);
@@ -151,7 +169,8 @@ fn text_embeddings_all_walks_match_official() {
 fn text_from_strings_through_tokenizer_matches_official() {
     let Some((model, _, _)) = setup() else { return };
     let dir = fixtures_dir().unwrap().join("fgclip2");
-    let strings: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("strings.json")).unwrap()).unwrap();
+    let strings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("strings.json")).unwrap()).unwrap();
     let exp = load_tensors(&dir.join("expected_strings.safetensors"));
     // The fixture tokenizer lists only input_ids, so the official call passes no mask.
     assert!(!model.uses_text_mask());
@@ -164,7 +183,12 @@ fn text_from_strings_through_tokenizer_matches_official() {
         assert_eq!(got_ids, want_ids, "{name} ids");
         let got = model.encode_texts(&s, walk).unwrap();
         assert_close(&format!("str.{name}.text_embeds"), &got, &exp[&format!("str.{name}.text_embeds")], TOL);
-        assert_close(&format!("str.{name}.text_embeds_norm"), &l2n(&got), &exp[&format!("str.{name}.text_embeds_norm")], TOL_NORM);
+        assert_close(
+            &format!("str.{name}.text_embeds_norm"),
+            &l2n(&got),
+            &exp[&format!("str.{name}.text_embeds_norm")],
+            TOL_NORM,
+        );
     }
 }
 
@@ -184,7 +208,12 @@ fn logits_match_official() {
             let mask = inp[&format!("attention_mask_{name}")].to_dtype(DType::F32).unwrap();
             let txt = m.text_features(&i, Some(&mask), walk).unwrap();
             let logits = model.logits(&img, &txt).unwrap();
-            assert_close(&format!("{set}.fwd_{name}.logits_per_image"), &logits, &exp[&format!("{set}.fwd_{name}.logits_per_image")], TOL_LOGIT);
+            assert_close(
+                &format!("{set}.fwd_{name}.logits_per_image"),
+                &logits,
+                &exp[&format!("{set}.fwd_{name}.logits_per_image")],
+                TOL_LOGIT,
+            );
         }
     }
 }
@@ -203,8 +232,9 @@ fn batched_equals_one_at_a_time_with_different_grids() {
         // Alone, unpadded: only the image's own patches.
         let one_pv = pv.narrow(0, i, 1).unwrap().narrow(1, 0, h * w).unwrap();
         let one_v = v.narrow(0, i, 1).unwrap().narrow(1, 0, h * w).unwrap();
-        let (one, one_dense) =
-            m.image_and_dense_features(&NaflexInput { pixel_values: &one_pv, valid: &one_v, grids: &g[i..i + 1] }).unwrap();
+        let (one, one_dense) = m
+            .image_and_dense_features(&NaflexInput { pixel_values: &one_pv, valid: &one_v, grids: &g[i..i + 1] })
+            .unwrap();
         assert_close("image b=1 vs batch", &one, &all.narrow(0, i, 1).unwrap(), TOL_NORM);
         let d_all = dense.i(i).unwrap().narrow(0, 0, h * w).unwrap();
         assert_close("dense b=1 vs batch", &one_dense.i(0).unwrap(), &d_all, TOL_NORM);

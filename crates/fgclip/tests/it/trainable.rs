@@ -46,8 +46,10 @@ fn every_fgclip1_parameter_gets_a_gradient() {
     let inp = load_tensors(&dir.join("inputs.safetensors"));
     let pv = inp["pixel_values"].narrow(0, 0, 2).unwrap();
     let (img, dense) = m.image_and_dense_features(&pv).unwrap();
-    let short = m.text_features(&inp["input_ids_short"].narrow(0, 0, 2).unwrap().to_dtype(DType::U32).unwrap(), false).unwrap();
-    let long = m.text_features(&inp["input_ids_long"].narrow(0, 0, 2).unwrap().to_dtype(DType::U32).unwrap(), true).unwrap();
+    let short =
+        m.text_features(&inp["input_ids_short"].narrow(0, 0, 2).unwrap().to_dtype(DType::U32).unwrap(), false).unwrap();
+    let long =
+        m.text_features(&inp["input_ids_long"].narrow(0, 0, 2).unwrap().to_dtype(DType::U32).unwrap(), true).unwrap();
     let roi = m.roi_features(&dense.get(0).unwrap(), &[[0.5, 1.0, 5.5, 6.0]]).unwrap();
     let scale = m.logit_scale.exp().unwrap();
     let loss = ((img.matmul(&short.t().unwrap()).unwrap().sum_all().unwrap()
@@ -76,7 +78,8 @@ fn every_fgclip2_parameter_gets_a_gradient() {
     let pv = inp["p64.pixel_values"].narrow(0, 0, 2).unwrap();
     let valid = inp["p64.pixel_attention_mask"].narrow(0, 0, 2).unwrap().to_dtype(DType::F32).unwrap();
     let grids = [(7, 9), (7, 9)];
-    let (img, dense) = m.image_and_dense_features(&NaflexInput { pixel_values: &pv, valid: &valid, grids: &grids }).unwrap();
+    let (img, dense) =
+        m.image_and_dense_features(&NaflexInput { pixel_values: &pv, valid: &valid, grids: &grids }).unwrap();
     let ids = |k: &str| inp[k].narrow(0, 0, 2).unwrap().to_dtype(DType::U32).unwrap();
     let mask = |k: &str| inp[k].narrow(0, 0, 2).unwrap().to_dtype(DType::F32).unwrap();
     let short = m.text_features(&ids("input_ids_short"), Some(&mask("attention_mask_short")), TextWalk::Short).unwrap();
@@ -93,7 +96,8 @@ fn every_fgclip2_parameter_gets_a_gradient() {
         + roi.matmul(&boxt.t().unwrap()).unwrap().sum_all().unwrap())
     .unwrap();
     // The dense head's probe is unused by the official dense path (docs/models.md#fg-clip-2-dense-head).
-    let missing = grads_missing(&varmap, &loss, &["dense_feature_head.probe", "logit_scale_finegraind", "logit_scale_hardneg"]);
+    let missing =
+        grads_missing(&varmap, &loss, &["dense_feature_head.probe", "logit_scale_finegraind", "logit_scale_hardneg"]);
     assert!(missing.is_empty(), "no gradient for: {missing:?}");
 }
 
