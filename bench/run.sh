@@ -25,7 +25,7 @@ PY=bench/.venv/bin/python
 for w in $WORKLOADS; do
   for b in $BATCHES; do
     for dt in f32 bf16; do
-      target/release/fgclip bench --workload "$w" --batch "$b" --threads "$THREADS" --seconds "$SECONDS_EACH" --dtype "$dt" --json >> "$OUT"
+      target/release/fgclip bench --workload "$w" --batch "$b" --threads "$THREADS" --seconds "$SECONDS_EACH" --precision "$dt" --json >> "$OUT"
     done
     for p in $PEERS; do
       OMP_NUM_THREADS=$THREADS $PY bench/peer.py --workload "$w" --impl "$p" --batch "$b" --threads "$THREADS" --seconds "$SECONDS_EACH" --json >> "$OUT" || true
@@ -34,7 +34,7 @@ for w in $WORKLOADS; do
 done
 for w in $TRAIN_WORKLOADS; do
   for b in $TRAIN_BATCHES; do
-    target/release/fgclip bench --workload "$w" --batch "$b" --threads "$THREADS" --seconds "$SECONDS_EACH" --dtype f32 --json >> "$OUT"
+    target/release/fgclip bench --workload "$w" --batch "$b" --threads "$THREADS" --seconds "$SECONDS_EACH" --precision f32 --json >> "$OUT"
     OMP_NUM_THREADS=$THREADS $PY bench/peer.py --workload "$w" --impl torch --batch "$b" --threads "$THREADS" --seconds "$SECONDS_EACH" --json >> "$OUT" || true
   done
 done

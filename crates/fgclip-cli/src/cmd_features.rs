@@ -65,30 +65,8 @@ pub fn run(a: Args) -> Result<()> {
         None => None,
         Some(p) => {
             let s = std::fs::read_to_string(p).with_context(|| format!("reading boxes file {}", p.display()))?;
-            let b: Vec<Vec<Vec<f64>>> = serde_json::from_str(&s).with_context(|| {
-                format!(
-                    "boxes file {}: expected a JSON array (one entry per image) of lists of [x1,y1,x2,y2]",
-                    p.display()
-                )
-            })?;
-            if b.len() != a.images.len() {
-                bail!("boxes file {}: has {} entries but {} images were given", p.display(), b.len(), a.images.len());
-            }
-            let mut out = vec![];
-            for (i, img) in b.iter().enumerate() {
-                let mut v = vec![];
-                for (k, bx) in img.iter().enumerate() {
-                    if bx.len() != 4 || bx.iter().any(|x| !x.is_finite()) {
-                        bail!(
-                            "boxes file {}: image {i}, box {k}: expected 4 finite numbers [x1,y1,x2,y2]",
-                            p.display()
-                        );
-                    }
-                    v.push([bx[0] as f32, bx[1] as f32, bx[2] as f32, bx[3] as f32]);
-                }
-                out.push(v);
-            }
-            Some(out)
+            let parsed = fgclip::tasks::parse_boxes_json(&s, Some(a.images.len()));
+            Some(parsed.map_err(|e| anyhow::anyhow!("boxes file {}: {e}", p.display()))?)
         }
     };
     if a.batch_size == 0 {

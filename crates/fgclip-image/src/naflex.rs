@@ -102,7 +102,7 @@ pub fn preprocess(img: &RgbImage, patch: usize, max_patches: usize, mean: [f32; 
 /// Rescale + normalise + `convert_image_to_patches` of an image whose sides are multiples of `patch`.
 pub fn patchify(img: &RgbImage, patch: usize, mean: [f32; 3], std: [f32; 3]) -> NaflexImage {
     assert!(
-        img.width % patch == 0 && img.height % patch == 0,
+        img.width.is_multiple_of(patch) && img.height.is_multiple_of(patch),
         "patchify: {}x{} is not a multiple of the patch size {patch}",
         img.width,
         img.height

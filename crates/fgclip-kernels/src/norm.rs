@@ -26,7 +26,7 @@ pub fn layer_norm_row(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]
 /// (each row's result does not depend on the chunking).
 pub fn layer_norm_rows(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32], rows_per_task: usize) {
     let d = w.len();
-    assert!(d > 0 && b.len() == d && x.len() % d == 0 && out.len() == x.len(), "layer_norm_rows: bad sizes");
+    assert!(d > 0 && b.len() == d && x.len().is_multiple_of(d) && out.len() == x.len(), "layer_norm_rows: bad sizes");
     let chunk = d * rows_per_task.max(1);
     out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(oc, xc)| {
         for (o, xr) in oc.chunks_mut(d).zip(xc.chunks(d)) {

@@ -180,6 +180,9 @@ fn rows(t: &Tensor, idx: &[usize]) -> Result<Tensor> {
     Ok(t.index_select(&ids, 0)?)
 }
 
+/// The loss of rank `q` (of `b` rows) from gathered image/text features and the scalars (scale, bias).
+type GlobalLossFn<'a> = dyn Fn(&Tensor, &Tensor, usize, usize, &[Tensor]) -> Result<Tensor> + 'a;
+
 /// Global loss of this rank with the gradient construction of `dist.rs`. `f` computes the loss of rank `q`
 /// from gathered image/text features and the scalars (scale, bias).
 fn global_loss(
@@ -187,7 +190,7 @@ fn global_loss(
     text: &Tensor,
     scalars: &[Tensor],
     coll: &dyn Collective,
-    f: &dyn Fn(&Tensor, &Tensor, usize, usize, &[Tensor]) -> Result<Tensor>,
+    f: &GlobalLossFn,
 ) -> Result<(Tensor, Tensor)> {
     let (rank, world, b) = (coll.rank(), coll.world(), image.dim(0)?);
     if world == 1 {

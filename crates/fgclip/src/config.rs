@@ -352,7 +352,7 @@ fn check_heads(tower: &str, hidden: usize, heads: usize) -> std::result::Result<
     if hidden == 0 {
         return Err(format!("{tower}: hidden_size is 0"));
     }
-    if heads == 0 || hidden % heads != 0 {
+    if heads == 0 || !hidden.is_multiple_of(heads) {
         return Err(format!("{tower}: hidden_size {hidden} is not divisible by num_attention_heads {heads}"));
     }
     Ok(())
@@ -371,7 +371,7 @@ impl FgClipConfig {
         check_layers("vision_config", self.vision.num_hidden_layers)?;
         check_heads("text_config", self.text.hidden_size, self.text.num_attention_heads)?;
         check_heads("vision_config", self.vision.hidden_size, self.vision.num_attention_heads)?;
-        if self.vision.patch_size == 0 || self.vision.image_size % self.vision.patch_size != 0 {
+        if self.vision.patch_size == 0 || !self.vision.image_size.is_multiple_of(self.vision.patch_size) {
             return Err(format!(
                 "vision_config: image_size {} is not a multiple of patch_size {}",
                 self.vision.image_size, self.vision.patch_size

@@ -53,6 +53,35 @@ pub fn encode_labels(model: &Model, labels: &[String], templates: &[String], wal
     Ok(crate::nn::l2_normalize(&mean)?)
 }
 
+/// Parses a boxes file: a JSON array with one entry per image, each a list of `[x1, y1, x2, y2]` boxes in
+/// original-image pixels. `images`, when given, is the number of entries required. Every coordinate must be a
+/// finite f32 (a value like `1e39` overflows to infinity and is refused here, not downstream).
+pub fn parse_boxes_json(text: &str, images: Option<usize>) -> Result<Vec<Vec<[f32; 4]>>> {
+    let b: Vec<Vec<Vec<f64>>> = serde_json::from_str(text).map_err(|e| {
+        Error::input(format!("expected a JSON array (one entry per image) of lists of [x1,y1,x2,y2]: {e}"))
+    })?;
+    if let Some(n) = images {
+        if b.len() != n {
+            return Err(Error::input(format!("has {} entries but {n} images were given", b.len())));
+        }
+    }
+    b.iter()
+        .enumerate()
+        .map(|(i, img)| {
+            img.iter()
+                .enumerate()
+                .map(|(k, bx)| {
+                    let v: Vec<f32> = bx.iter().map(|&x| x as f32).collect();
+                    match v.as_slice() {
+                        [a, b, c, d] if v.iter().all(|x| x.is_finite()) => Ok([*a, *b, *c, *d]),
+                        _ => Err(Error::input(format!("image {i}, box {k}: expected 4 finite numbers [x1,y1,x2,y2]"))),
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// `softmax(100·cos)` over labels, as the official region evaluations score boxes (it ranks as the cosine does).
 pub fn softmax_100(cos: &[f32]) -> Vec<f32> {
     let z: Vec<f64> = cos.iter().map(|c| 100.0 * *c as f64).collect();
@@ -192,6 +221,17 @@ mod tests {
         assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert!(p.iter().all(|v| v.is_finite()));
         assert_eq!(softmax_100(&[0.2]), vec![1.0]);
+    }
+
+    /// A coordinate beyond f32's range used to pass the f64 check and become infinity.
+    #[test]
+    fn boxes_json_rejects_f32_overflow_and_names_the_box() {
+        assert_eq!(parse_boxes_json("[[[1, 2, 3, 4]], []]", Some(2)).unwrap(), vec![vec![[1.0, 2.0, 3.0, 4.0]], vec![]]);
+        let e = parse_boxes_json("[[[0, 0, 1e39, 4]]]", None).unwrap_err().to_string();
+        assert!(e.contains("image 0, box 0") && e.contains("finite"), "{e}");
+        assert!(parse_boxes_json("[[[1, 2, 3]]]", None).unwrap_err().to_string().contains("image 0, box 0"));
+        assert!(parse_boxes_json("[[[1,2,3,4]]]", Some(2)).unwrap_err().to_string().contains("1 entries but 2 images"));
+        assert!(parse_boxes_json("{", None).unwrap_err().to_string().contains("JSON array"));
     }
 
     #[test]

@@ -280,7 +280,7 @@ unsafe fn pv(
     if rows == 0 {
         return;
     }
-    assert!(dhp % 16 == 0 && p_stride >= n && p.len() >= (rows - 1) * p_stride + n);
+    assert!(dhp.is_multiple_of(16) && p_stride >= n && p.len() >= (rows - 1) * p_stride + n);
     assert!(vp.len() >= n * dhp && inv.len() >= rows && o.len() >= rows * dhp);
     let (pp, vpp, ip, op) = (p.as_ptr(), vp.as_ptr(), inv.as_ptr(), o.as_mut_ptr());
     let vecs = dhp / 16;

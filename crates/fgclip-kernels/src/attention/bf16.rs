@@ -327,7 +327,7 @@ unsafe fn pv(
         return;
     }
     let pairs = n.div_ceil(2);
-    assert!(dhp % 16 == 0 && p_stride >= pairs && p.len() >= (rows - 1) * p_stride + pairs);
+    assert!(dhp.is_multiple_of(16) && p_stride >= pairs && p.len() >= (rows - 1) * p_stride + pairs);
     assert!(vp.len() >= pairs * dhp && inv.len() >= rows && o.len() >= rows * dhp);
     let (pp, vpp, ip, op) = (p.as_ptr().cast::<i32>(), vp.as_ptr().cast::<__m512i>(), inv.as_ptr(), o.as_mut_ptr());
     let vecs = dhp / 16;

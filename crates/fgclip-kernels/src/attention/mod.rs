@@ -592,7 +592,7 @@ fn pack_kv_portable(k: &[f32], ks: usize, v: &[f32], vs: usize, g: Geom, kp: &mu
         row[dh..].fill(0.0);
     }
     let panel = &mut kp[(g.nk / 16) * 16 * dh..g.nkp * dh];
-    for d in 0..if g.nk % 16 == 0 { 0 } else { dh } {
+    for d in 0..if g.nk.is_multiple_of(16) { 0 } else { dh } {
         panel[d * 16 + g.nk % 16..(d + 1) * 16].fill(0.0);
     }
 }

@@ -6,6 +6,7 @@
 //! * dense: the last block re-run with attention replaced by its value path, CLS dropped, `post_layernorm`,
 //!   `visual_projection` → one joint-space vector per patch;
 //! * regions: RoIAlign (1×1, aligned) of the dense map.
+//!
 //! Logits: `exp(logit_scale)·cos`, softmax over texts.
 
 pub mod text;

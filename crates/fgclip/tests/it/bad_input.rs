@@ -136,7 +136,7 @@ fn degenerate_and_outside_boxes_give_defined_results() {
         assert!(n.iter().flatten().all(|x| x.is_finite()), "{family}: normalising zero rows must not give NaN");
         // Far outside or non-finite: a clear error naming the box.
         for bad in [[1e9f32, 0.0, 1e9 + 10.0, 10.0], [f32::NAN, 0.0, 10.0, 10.0]] {
-            let e = model.region_features(&prepared, &[vec![bad]]).err().expect("must fail");
+            let e = model.region_features(&prepared, &[vec![bad]]).expect_err("must fail");
             assert!(e.to_string().contains("box 0"), "{e}");
         }
         // Wrong number of box lists.

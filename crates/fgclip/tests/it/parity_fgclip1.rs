@@ -21,7 +21,9 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use common::*;
 use fgclip::{LoadOptions, Model, TextWalk};
 
-fn setup() -> Option<(Model, std::collections::HashMap<String, Tensor>, std::collections::HashMap<String, Tensor>)> {
+type Tensors = std::collections::HashMap<String, Tensor>;
+
+fn setup() -> Option<(Model, Tensors, Tensors)> {
     let dir = fixtures_dir()?.join("fgclip_v1");
     let model =
         Model::load(dir.join("model").to_str().unwrap(), &LoadOptions::default()).expect("load FG-CLIP fixture");

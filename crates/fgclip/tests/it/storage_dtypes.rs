@@ -16,7 +16,7 @@ fn bf16_and_f16_checkpoints_load_and_agree_with_f32() {
         height: 64,
         data: (0..80 * 64 * 3).map(|i| (i * 7 % 251) as u8).collect(),
     };
-    let prep = reference.prepare_images(&[img.clone()], fgclip::PatchBudget::Fixed(64)).unwrap();
+    let prep = reference.prepare_images(std::slice::from_ref(&img), fgclip::PatchBudget::Fixed(64)).unwrap();
     let want_i = l2n(&reference.encode_images(&prep).unwrap());
     let want_t = l2n(&reference.encode_texts(&["a red cup"], TextWalk::Short).unwrap());
     for dt in [DType::BF16, DType::F16] {
@@ -32,8 +32,9 @@ fn bf16_and_f16_checkpoints_load_and_agree_with_f32() {
         candle_core::safetensors::save(&conv, dir.join("model.safetensors")).unwrap();
         let m = Model::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
         assert_eq!(m.weights.storage_dtypes(), vec![format!("{dt:?}").to_uppercase()]);
-        let got_i =
-            l2n(&m.encode_images(&m.prepare_images(&[img.clone()], fgclip::PatchBudget::Fixed(64)).unwrap()).unwrap());
+        let got_i = l2n(&m
+            .encode_images(&m.prepare_images(std::slice::from_ref(&img), fgclip::PatchBudget::Fixed(64)).unwrap())
+            .unwrap());
         let got_t = l2n(&m.encode_texts(&["a red cup"], TextWalk::Short).unwrap());
         // Weight rounding of bf16 (8 bits of mantissa) moves unit vectors by a few 1e-3 on this tiny model.
         let tol = if dt == DType::BF16 { 1e-2 } else { 1e-3 };
