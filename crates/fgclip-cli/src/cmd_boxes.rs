@@ -63,7 +63,7 @@ pub fn run(a: Args) -> Result<()> {
 
     let model = a.model.load()?;
     let family = model.family();
-    let budget = common::patch_budget(a.max_patches, family)?;
+    let budget = common::patch_budget(a.max_patches, &model)?;
     let walk = model.region_walk();
     let prepared = model.prepare_images(std::slice::from_ref(&img), budget)?;
     let (size, grid) = (prepared.sizes[0], prepared.grids[0]);

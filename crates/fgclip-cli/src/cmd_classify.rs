@@ -64,7 +64,7 @@ pub fn run(a: Args) -> Result<()> {
 
     let model = a.model.load()?;
     let family = model.family();
-    let budget = common::patch_budget(a.max_patches, family)?;
+    let budget = common::patch_budget(a.max_patches, &model)?;
     let text = common::encode_labels(&model, &labels, &a.templates, TextWalk::Short)?;
 
     let pb = common::progress(a.images.len() as u64, "images", a.json);

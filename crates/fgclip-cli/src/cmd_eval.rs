@@ -69,7 +69,7 @@ pub fn run(a: Args) -> Result<()> {
             "data": a.data.display().to_string(),
             "model": a.model.model,
             "family": model.family().name(),
-            "walk": if model.family() == fgclip::config::Family::FgClip2 { "box" } else { "short" },
+            "walk": if model.region_walk() == fgclip::TextWalk::Box { "box" } else { "short" },
             "lines": file.lines.len(),
             "accuracy": report.accuracy,
             "correct": report.correct,

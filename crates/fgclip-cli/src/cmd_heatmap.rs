@@ -8,7 +8,6 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use fgclip::config::Family;
 use fgclip::TextWalk;
 
 use crate::common::{self, ModelArgs};
@@ -61,11 +60,11 @@ pub fn run(a: Args) -> Result<()> {
 
     let model = a.model.load()?;
     let family = model.family();
-    let budget = common::patch_budget(a.max_patches, family)?;
+    let budget = common::patch_budget(a.max_patches, &model)?;
     let walk = walk_arg.unwrap_or(model.region_walk());
     let walk_name = if walk == TextWalk::Box { "box" } else { "short" };
-    if family == Family::FgClip && walk == TextWalk::Box {
-        eprintln!("warning: FG-CLIP has no box text head; --walk box uses the short walk");
+    if model.region_walk() != TextWalk::Box && walk == TextWalk::Box {
+        eprintln!("warning: {} has no box text head; --walk box uses the short walk", family.name());
     }
 
     let map = fgclip::tasks::heatmap(&model, &img, &a.query, walk, budget).context("computing the heatmap")?;

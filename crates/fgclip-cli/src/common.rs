@@ -131,12 +131,13 @@ pub fn write_safetensors(
     Ok(())
 }
 
-/// `--max-patches N` → the FG-CLIP 2 patch budget (absent: the official dynamic bucket). FG-CLIP has a fixed
-/// square input and ignores it, with a warning.
-pub fn patch_budget(max_patches: Option<usize>, family: fgclip::config::Family) -> Result<fgclip::PatchBudget> {
+/// `--max-patches N` → the NaFlex patch budget (absent: the official dynamic bucket). A model with a fixed square
+/// input (FG-CLIP) ignores it, with a warning.
+pub fn patch_budget(max_patches: Option<usize>, model: &Model) -> Result<fgclip::PatchBudget> {
+    let square = matches!(model.processor.layout, fgclip::fgclip_image::PixelLayout::Square { .. });
     match max_patches {
         Some(0) => bail!("--max-patches must be at least 1"),
-        Some(_) if family == fgclip::config::Family::FgClip => {
+        Some(_) if square => {
             eprintln!("warning: --max-patches only applies to FG-CLIP 2; FG-CLIP uses its fixed square input");
             Ok(fgclip::PatchBudget::Dynamic)
         }

@@ -21,8 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
-use fgclip::config::Family;
-use fgclip::{Model, PatchBudget, TextWalk};
+use fgclip::{Model, PatchBudget};
 use serde::{Deserialize, Serialize};
 
 use crate::data::FgovdLine;
@@ -187,21 +186,14 @@ pub fn fgovd(
     fgovd_with(model, lines, &opts, progress)
 }
 
-/// The candidates of a line as the family's eval script encodes them.
-pub fn candidates(family: Family, line: &FgovdLine) -> Vec<String> {
+/// The candidates of a line as the family's eval script encodes them (`lowercase`: the family's
+/// `Towers::text_rules().lowercase`, FG-CLIP 2's scripts lower-case).
+pub fn candidates(lowercase: bool, line: &FgovdLine) -> Vec<String> {
     line.pos_expression
         .iter()
         .chain(&line.neg_expression)
-        .map(|s| if family == Family::FgClip2 { s.to_lowercase() } else { s.clone() })
+        .map(|s| if lowercase { s.to_lowercase() } else { s.clone() })
         .collect()
-}
-
-/// The text walk of region captions: FG-CLIP short, FG-CLIP 2 box.
-pub fn region_text_walk(family: Family) -> TextWalk {
-    match family {
-        Family::FgClip => TextWalk::Short,
-        Family::FgClip2 => TextWalk::Box,
-    }
 }
 
 /// Problems of a line that need no image.
@@ -242,8 +234,9 @@ pub fn fgovd_with(
     if opts.batch == 0 {
         return Err(EvalError::Input("batch must be at least 1".into()));
     }
-    let family = model.family();
-    let walk = region_text_walk(family);
+    // Region captions use the family's region walk (FG-CLIP short, FG-CLIP 2 box) and text rules.
+    let walk = model.region_walk();
+    let lowercase = model.towers().text_rules().lowercase;
     let mut skipped: Vec<SkippedLine> = vec![];
     // A bad line: an error, or recorded and left out.
     let bad = |i: usize, reason: String, skipped: &mut Vec<SkippedLine>| -> Result<(), EvalError> {
@@ -345,24 +338,18 @@ pub fn fgovd_with(
         let mut text_row: HashMap<String, usize> = HashMap::new();
         let mut texts: Vec<String> = vec![];
         let cands: Vec<Vec<Vec<String>>> =
-            image_lines.iter().map(|idx| idx.iter().map(|&i| candidates(family, &lines[i])).collect()).collect();
+            image_lines.iter().map(|idx| idx.iter().map(|&i| candidates(lowercase, &lines[i])).collect()).collect();
         for c in cands.iter().flatten().flatten() {
             if !text_row.contains_key(c) {
                 text_row.insert(c.clone(), texts.len());
                 texts.push(c.clone());
             }
         }
-        let mut parts = vec![];
-        for ch in texts.chunks(256) {
-            let refs: Vec<&str> = ch.iter().map(|s| s.as_str()).collect();
-            parts.push(
-                model
-                    .encode_texts(&refs, walk)
-                    .map_err(EvalError::model(format!("encoding the candidates of the batch starting at {first}")))?,
-            );
-        }
+        let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
+        let text_emb = fgclip::tasks::encode_texts_batched(model, &refs, walk)
+            .map_err(EvalError::model(format!("encoding the candidates of the batch starting at {first}")))?;
         let ctx = "scoring";
-        let text_emb = Tensor::cat(&parts, 0).and_then(|t| t.to_dtype(DType::F32)).map_err(candle(ctx))?;
+        let text_emb = text_emb.to_dtype(DType::F32).map_err(candle(ctx))?;
         let text_emb = fgclip::nn::l2_normalize(&text_emb).map_err(candle(ctx))?;
 
         for ((idx, reg), cand) in image_lines.iter().zip(&regions).zip(&cands) {

@@ -226,7 +226,10 @@ mod tests {
     /// A coordinate beyond f32's range used to pass the f64 check and become infinity.
     #[test]
     fn boxes_json_rejects_f32_overflow_and_names_the_box() {
-        assert_eq!(parse_boxes_json("[[[1, 2, 3, 4]], []]", Some(2)).unwrap(), vec![vec![[1.0, 2.0, 3.0, 4.0]], vec![]]);
+        assert_eq!(
+            parse_boxes_json("[[[1, 2, 3, 4]], []]", Some(2)).unwrap(),
+            vec![vec![[1.0, 2.0, 3.0, 4.0]], vec![]]
+        );
         let e = parse_boxes_json("[[[0, 0, 1e39, 4]]]", None).unwrap_err().to_string();
         assert!(e.contains("image 0, box 0") && e.contains("finite"), "{e}");
         assert!(parse_boxes_json("[[[1, 2, 3]]]", None).unwrap_err().to_string().contains("image 0, box 0"));

@@ -2,9 +2,10 @@
 //! head in one call. It reads q, k, v straight out of a fused QKV projection buffer (no reshape/transpose copies,
 //! no `[B, H, Nq, Nk]` score tensor) and writes merged heads, ready for the output projection.
 //!
-//! Entry points: [`attention_f32`] (AVX-512 when detected, else portable), [`attention_f32_portable`] (the
-//! fallback, for tests), [`attention_bf16`] (bf16 products with f32 accumulation and f32 softmax: ~1.5× faster,
-//! errors ~1e-3 instead of ~1e-7).
+//! Entry points: [`attention_with`] (the kernels of a CPU level the caller chose, f32 or bf16 products; the model's
+//! execution plan calls this), and for convenience [`attention_f32`] (AVX-512 when detected, else portable),
+//! [`attention_f32_portable`] (the fallback, for tests), [`attention_bf16`] (bf16 products with f32 accumulation
+//! and f32 softmax: ~1.5× faster, errors ~1e-3 instead of ~1e-7).
 //!
 //! # Layout
 //!
@@ -135,12 +136,23 @@ pub fn attention_f32(
     mask: AttnMask,
     out: &mut [f32],
 ) {
-    let io = Io::new(q, q_stride, q_off, k, k_stride, k_off, v, v_stride, v_off, shape, scale, mask, out.len());
-    #[cfg(target_arch = "x86_64")]
-    if let Some(kern) = avx512::Avx512::detect() {
-        return run(kern, &io, out);
-    }
-    run(portable::Portable, &io, out);
+    attention_with(
+        crate::cpu::Isa::detect(),
+        false,
+        q,
+        q_stride,
+        q_off,
+        k,
+        k_stride,
+        k_off,
+        v,
+        v_stride,
+        v_off,
+        shape,
+        scale,
+        mask,
+        out,
+    )
 }
 
 /// The attention of [`attention_f32`] / [`attention_bf16`] on the kernels of a chosen CPU level (the caller's
@@ -201,8 +213,23 @@ pub fn attention_f32_portable(
     mask: AttnMask,
     out: &mut [f32],
 ) {
-    let io = Io::new(q, q_stride, q_off, k, k_stride, k_off, v, v_stride, v_off, shape, scale, mask, out.len());
-    run(portable::Portable, &io, out);
+    attention_with(
+        crate::cpu::Isa::Portable,
+        false,
+        q,
+        q_stride,
+        q_off,
+        k,
+        k_stride,
+        k_off,
+        v,
+        v_stride,
+        v_off,
+        shape,
+        scale,
+        mask,
+        out,
+    )
 }
 
 /// [`attention_f32`] with bf16 products: q (scaled), k, the probabilities and v are rounded to bf16 (round to
@@ -227,12 +254,23 @@ pub fn attention_bf16(
     mask: AttnMask,
     out: &mut [f32],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(kern) = bf16::Avx512Bf16::detect() {
-        let io = Io::new(q, q_stride, q_off, k, k_stride, k_off, v, v_stride, v_off, shape, scale, mask, out.len());
-        return run(kern, &io, out);
-    }
-    attention_f32(q, q_stride, q_off, k, k_stride, k_off, v, v_stride, v_off, shape, scale, mask, out);
+    attention_with(
+        crate::cpu::Isa::detect(),
+        true,
+        q,
+        q_stride,
+        q_off,
+        k,
+        k_stride,
+        k_off,
+        v,
+        v_stride,
+        v_off,
+        shape,
+        scale,
+        mask,
+        out,
+    )
 }
 
 /// The steps of a task, per instruction set. Implementors are zero-sized tokens that can only be created where
