@@ -73,7 +73,8 @@ pub fn run(a: Args) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("--box #{} {}: {e}", k + 1, fmt_box(b)))?;
     }
     let text = common::encode_labels(&model, &labels, &a.templates, walk)?;
-    let results = fgclip::tasks::label_boxes(&model, &img, &boxes, &text, budget).context("labelling the boxes")?;
+    let results =
+        fgclip::tasks::label_prepared_boxes(&model, &prepared, &boxes, &text).context("labelling the boxes")?;
     for (k, r) in results.iter().enumerate() {
         if let Some(why) = &r.note {
             eprintln!("warning: --box #{} {}: {why}; it gets no label", k + 1, fmt_box(&r.bx));

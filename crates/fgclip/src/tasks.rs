@@ -4,7 +4,7 @@
 use candle_core::{DType, Tensor};
 use fgclip_image::{PatchBudget, RgbImage};
 
-use crate::{Error, Model, Result, TextWalk};
+use crate::{Error, Model, PreparedImages, Result, TextWalk};
 
 /// Texts per forward pass when encoding many texts.
 pub const TEXT_BATCH: usize = 256;
@@ -123,6 +123,19 @@ pub fn label_boxes(
     budget: PatchBudget,
 ) -> Result<Vec<BoxLabel>> {
     let prepared = model.prepare_images(std::slice::from_ref(image), budget)?;
+    label_prepared_boxes(model, &prepared, boxes, label_embeds)
+}
+
+/// [`label_boxes`] on an image already prepared (one image), for callers that needed its grid first.
+pub fn label_prepared_boxes(
+    model: &Model,
+    prepared: &PreparedImages,
+    boxes: &[[f32; 4]],
+    label_embeds: &Tensor,
+) -> Result<Vec<BoxLabel>> {
+    if prepared.len() != 1 {
+        return Err(Error::input(format!("box labelling takes one image, got {}", prepared.len())));
+    }
     let (size, grid) = (prepared.sizes[0], prepared.grids[0]);
     let mut degenerate: Vec<Option<&'static str>> = Vec::with_capacity(boxes.len());
     for (k, b) in boxes.iter().enumerate() {
@@ -140,7 +153,7 @@ pub fn label_boxes(
     let (feats, text): (Vec<Vec<f32>>, Vec<Vec<f32>>) = if valid.is_empty() {
         (vec![], vec![])
     } else {
-        let dense = model.dense_features(&prepared)?;
+        let dense = model.dense_features(prepared)?;
         let regions = model.regions_from_dense(&dense, &prepared.sizes, &[valid])?;
         (regions[0].to_dtype(DType::F32)?.to_vec2()?, label_embeds.to_dtype(DType::F32)?.to_vec2()?)
     };
