@@ -10,6 +10,19 @@ pub struct ModelArgs {
     /// Local checkpoint folder (official layout) or Hugging Face repo id, e.g. qihoo360/fg-clip2-base.
     #[arg(long, short = 'm', env = "FGCLIP_MODEL")]
     pub model: String,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<Model> {
+        self.run.load(&self.model)
+    }
+}
+
+/// How a model runs: device, precision, kernels, CPU level, text mask (every model command takes these).
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
     /// cpu (cuda / cuda:N need a CUDA build, which does not exist yet).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -27,8 +40,8 @@ pub struct ModelArgs {
     pub text_mask: String,
 }
 
-impl ModelArgs {
-    pub fn load(&self) -> Result<Model> {
+impl RunArgs {
+    pub fn load(&self, model: &str) -> Result<Model> {
         let device = parse_device(&self.device)?;
         let precision: Precision = self.precision.parse().context("--precision")?;
         let kernels = parse_kernels(&self.kernels)?;
@@ -43,7 +56,7 @@ impl ModelArgs {
             m => bail!("unknown --text-mask {m:?} (expected auto, on or off)"),
         };
         let opts = LoadOptions { device, precision, kernels, isa, text_mask };
-        Model::load(&self.model, &opts).with_context(|| format!("loading model {}", self.model))
+        Model::load(model, &opts).with_context(|| format!("loading model {model}"))
     }
 }
 

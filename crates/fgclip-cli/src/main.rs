@@ -8,7 +8,9 @@ mod cmd_convert;
 mod cmd_eval;
 mod cmd_features;
 mod cmd_heatmap;
+mod cmd_index;
 mod cmd_info;
+mod cmd_search;
 mod cmd_synth;
 mod cmd_train;
 mod common;
@@ -52,6 +54,10 @@ enum Command {
     /// Turn a CLIP / SigLIP 2 model into an FG-CLIP / FG-CLIP 2 checkpoint (the official stage-2 initialisation).
     #[command(name = "convert-backbone")]
     ConvertBackbone(cmd_convert::Args),
+    /// Index folders of photos (images and region candidates) for `fgclip search`; incremental, resumable.
+    Index(cmd_index::Args),
+    /// Search an index in English or Chinese (or with a photo): images and boxes.
+    Search(cmd_search::Args),
     /// Describe a checkpoint: family, sizes, embedding dimension, text lengths, patch budgets.
     Info(cmd_info::Args),
 }
@@ -82,6 +88,8 @@ fn main() {
         Command::Classify(a) => cmd_classify::run(a),
         Command::Boxes(a) => cmd_boxes::run(a),
         Command::Heatmap(a) => cmd_heatmap::run(a),
+        Command::Index(a) => cmd_index::run(a),
+        Command::Search(a) => cmd_search::run(a),
         Command::Info(a) => cmd_info::run(a),
         Command::Bench(a) => cmd_bench::run(a),
         Command::Train(a) => cmd_train::run(a),

@@ -363,3 +363,61 @@ fn dynamic_to_rgb_like_pil(img: DynamicImage) -> RgbImage {
     };
     RgbImage { width: w, height: h, data }
 }
+
+/// What a file's header says, read without decoding the pixels: size and EXIF orientation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageHeader {
+    pub width: usize,
+    pub height: usize,
+    /// EXIF orientation tag (1..=8; 1 when absent or unreadable).
+    pub orientation: u8,
+}
+
+/// Reads an image's size and EXIF orientation from its header (cheap: no pixels are decoded), so callers can
+/// refuse oversized files before decoding them. `name_for_errors` is only used in error messages.
+pub fn read_header(bytes: &[u8], name_for_errors: &str) -> Result<ImageHeader, ImageError> {
+    use image::ImageDecoder;
+    let name = name_for_errors;
+    if bytes.is_empty() {
+        return Err(ImageError::Empty { name: name.to_string() });
+    }
+    let reader = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| ImageError::Corrupt { name: name.to_string(), detail: e.to_string() })?;
+    if reader.format().is_none() {
+        return Err(ImageError::UnsupportedFormat {
+            name: name.to_string(),
+            detail: format!(
+                "content is not a JPEG, PNG, WebP, GIF, BMP or TIFF image (first bytes: {})",
+                hex_prefix(bytes)
+            ),
+        });
+    }
+    let mut decoder = reader.into_decoder().map_err(|e| classify_image_error(e, name))?;
+    let (w, h) = decoder.dimensions();
+    let orientation = decoder.orientation().map(|o| o.to_exif()).unwrap_or(1);
+    Ok(ImageHeader { width: w as usize, height: h as usize, orientation })
+}
+
+/// Turns a decoded image upright according to its EXIF orientation tag (what photo viewers show). The official
+/// processors do not do this (Pillow's `open` ignores EXIF); collection search does, so that boxes are drawn on
+/// the picture people see.
+pub fn apply_orientation(img: RgbImage, orientation: u8) -> RgbImage {
+    match image::metadata::Orientation::from_exif(orientation) {
+        Some(o) if orientation != 1 => {
+            let mut dynamic = DynamicImage::ImageRgb8(img.into_image());
+            dynamic.apply_orientation(o);
+            RgbImage::from(dynamic.into_rgb8())
+        }
+        _ => img,
+    }
+}
+
+fn classify_image_error(e: image::ImageError, name: &str) -> ImageError {
+    let detail = e.to_string();
+    if detail.contains("end of file") || detail.contains("EOF") || detail.contains("truncat") {
+        ImageError::Truncated { name: name.to_string(), detail }
+    } else {
+        ImageError::Corrupt { name: name.to_string(), detail }
+    }
+}

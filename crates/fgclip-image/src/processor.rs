@@ -218,3 +218,53 @@ impl ImageProcessor {
         }
     }
 }
+
+impl PixelBatch {
+    /// Joins batches made by the same processor into one (NaFlex rows padded to the longest image, masked), so
+    /// images can be preprocessed one by one on worker threads and encoded together. An image's values do not
+    /// change: padding is masked, so batched encodings equal one-at-a-time ones.
+    pub fn concat(parts: Vec<PixelBatch>) -> Result<PixelBatch, String> {
+        let first = parts.first().ok_or("no pixel batches to join")?;
+        let naflex = first.valid.is_some();
+        let row_len: usize = first.dims[2..].iter().product();
+        if parts.iter().any(|p| p.valid.is_some() != naflex || p.dims.len() != first.dims.len()) {
+            return Err("pixel batches from different processors cannot be joined".into());
+        }
+        if !naflex {
+            if parts.iter().any(|p| p.dims[1..] != first.dims[1..]) {
+                return Err("square pixel batches of different sizes cannot be joined".into());
+            }
+            let b = parts.iter().map(|p| p.dims[0]).sum();
+            let mut dims = first.dims.clone();
+            dims[0] = b;
+            let mut out = PixelBatch { values: Vec::new(), dims, valid: None, grids: vec![], sizes: vec![] };
+            for p in parts {
+                out.values.extend(p.values);
+                out.grids.extend(p.grids);
+                out.sizes.extend(p.sizes);
+            }
+            return Ok(out);
+        }
+        if parts.iter().any(|p| p.dims[2] != first.dims[2]) {
+            return Err("NaFlex pixel batches with different patch sizes cannot be joined".into());
+        }
+        let n = parts.iter().map(|p| p.dims[1]).max().unwrap_or(0);
+        let b: usize = parts.iter().map(|p| p.dims[0]).sum();
+        let mut values = Vec::with_capacity(b * n * row_len);
+        let mut valid = Vec::with_capacity(b * n);
+        let (mut grids, mut sizes) = (Vec::with_capacity(b), Vec::with_capacity(b));
+        for p in parts {
+            let (pb, pn) = (p.dims[0], p.dims[1]);
+            let pv = p.valid.as_deref().unwrap_or(&[]);
+            for i in 0..pb {
+                values.extend_from_slice(&p.values[i * pn * row_len..(i + 1) * pn * row_len]);
+                values.resize(values.len() + (n - pn) * row_len, 0.0);
+                valid.extend_from_slice(&pv[i * pn..(i + 1) * pn]);
+                valid.resize(valid.len() + (n - pn), 0.0);
+            }
+            grids.extend(p.grids);
+            sizes.extend(p.sizes);
+        }
+        Ok(PixelBatch { values, dims: vec![b, n, row_len], valid: Some(valid), grids, sizes })
+    }
+}

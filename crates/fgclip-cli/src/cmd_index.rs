@@ -1,0 +1,137 @@
+//! `fgclip index DIR... --db PATH`: index (or bring up to date) folders of photos for `fgclip search`. The work
+//! is `fgclip_search::index`; this file parses flags, draws the progress bar and prints the summary.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use fgclip_search::scan::ScanOptions;
+use fgclip_search::{IndexOptions, RegionConfig, SqliteStore, Store};
+
+use crate::common::{self, RunArgs};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Folders (or single image files) to index.
+    #[arg(value_name = "DIR", required = true)]
+    pub dirs: Vec<PathBuf>,
+    /// The index file (SQLite); default $FGCLIP_DB or ~/.local/share/fgclip/index.db.
+    #[arg(long, env = "FGCLIP_DB")]
+    pub db: Option<PathBuf>,
+    /// Checkpoint folder or Hub repo id; default: the model the index was made with.
+    #[arg(long, short = 'm', env = "FGCLIP_MODEL")]
+    pub model: Option<String>,
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Skip paths matching this gitignore-style glob (repeatable), e.g. '*.png' or 'raw/'.
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub excludes: Vec<String>,
+    /// Also index hidden files and folders.
+    #[arg(long)]
+    pub hidden: bool,
+    /// Skip images above this many megapixels (checked from the header, before decoding).
+    #[arg(long, default_value_t = 100.0)]
+    pub max_megapixels: f64,
+    /// Images per model batch (and per transaction).
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Most region candidates stored per image (0: whole images only). Only for a new index or with --reindex.
+    #[arg(long)]
+    pub regions: Option<usize>,
+    /// Drop the index's vectors and rebuild it (needed to change the model or the region settings).
+    #[arg(long)]
+    pub reindex: bool,
+    /// FG-CLIP 2: fixed patch budget; default is the official dynamic bucket.
+    #[arg(long)]
+    pub max_patches: Option<usize>,
+    /// Index only shard I of N (`--shard 0/4`), so N machines can fill one shared index.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Print the summary as JSON: {added, updated, moved, removed, unchanged, failed, failures, ...}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--db` or its default (the folder of the default is created).
+pub fn db_path(db: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = db {
+        return Ok(p);
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .context("no --db given and neither XDG_DATA_HOME nor HOME is set")?;
+    let dir = base.join("fgclip");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir.join("index.db"))
+}
+
+fn parse_shard(s: &str) -> Result<(u32, u32)> {
+    let (i, n) = s.split_once('/').with_context(|| format!("--shard {s:?}: expected I/N, e.g. 0/4"))?;
+    let (i, n): (u32, u32) = (i.trim().parse().context("--shard: I")?, n.trim().parse().context("--shard: N")?);
+    anyhow::ensure!(n > 0 && i < n, "--shard {s}: expected 0 <= I < N");
+    Ok((i, n))
+}
+
+struct Bar(indicatif::ProgressBar);
+
+impl fgclip_search::Progress for Bar {
+    fn start(&self, files: u64) {
+        self.0.set_length(files);
+    }
+    fn advance(&self, files: u64) {
+        self.0.inc(files);
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let db = db_path(a.db.clone())?;
+    let mut store = SqliteStore::open_for_write(&db)?;
+    let existing = store.info()?;
+    let source = match (&a.model, &existing) {
+        (Some(m), _) => m.clone(),
+        (None, Some(info)) => info.model.source.clone(),
+        (None, None) => anyhow::bail!("{} is a new index: say which model makes it with --model", db.display()),
+    };
+    let model = a.run.load(&source)?;
+    let opts = IndexOptions {
+        scan: ScanOptions { excludes: a.excludes.clone(), hidden: a.hidden },
+        batch: a.batch,
+        max_megapixels: a.max_megapixels,
+        regions: a.regions.map(|n| RegionConfig { max_per_image: n, ..Default::default() }),
+        reindex: a.reindex,
+        budget: common::patch_budget(a.max_patches, &model)?,
+        shard: a.shard.as_deref().map(parse_shard).transpose()?,
+    };
+    let bar = Bar(common::progress(0, "images", a.json));
+    let summary = fgclip_search::index(&model, &source, &mut store, &a.dirs, &opts, &bar)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    for f in &summary.failures {
+        eprintln!("skipped {}: {}", f.path, f.reason);
+    }
+    println!(
+        "{}: {} added, {} updated, {} moved, {} removed, {} unchanged, {} failed",
+        db.display(),
+        summary.added,
+        summary.updated,
+        summary.moved,
+        summary.removed,
+        summary.unchanged,
+        summary.failed
+    );
+    println!(
+        "index: {} images, {} regions, {:.1} KiB of vectors per image; encoded {} images at {:.2} images/s ({:.1} s)",
+        summary.images,
+        summary.regions,
+        summary.bytes_per_image / 1024.0,
+        summary.encoded,
+        summary.images_per_second,
+        summary.seconds
+    );
+    Ok(())
+}
