@@ -176,6 +176,6 @@ mod tests {
         assert_eq!(kept, vec![0, 2]);
         let cfg1 = RegionConfig { max_per_image: 1, ..Default::default() };
         assert_eq!(select(&boxes, &vecs, &bg, &cfg1), vec![0]);
-        assert!((iou(&boxes[0], &boxes[1]) - 0.8).abs() < 1e-6);
+        assert!((iou(&boxes[0], &boxes[1]) - 14.0 / 18.0).abs() < 1e-6);
     }
 }

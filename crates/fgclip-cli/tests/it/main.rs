@@ -6,6 +6,7 @@ mod cli_classify;
 mod cli_convert;
 mod cli_heatmap;
 mod cli_process;
+mod cli_search;
 mod cli_synth_eval;
 mod cli_train;
 mod common;

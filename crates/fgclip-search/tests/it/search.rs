@@ -1,0 +1,105 @@
+//! Search: exact search ranks as a brute-force scan does, an image finds itself, region hits carry boxes in
+//! the picture, and `per_image` limits region hits per photo.
+
+use fgclip::TextWalk;
+use fgclip_search::store::Kind;
+use fgclip_search::{IndexOptions, Kinds, Query, SearchOptions, SqliteStore, Store};
+
+use crate::common::{self, dump, index, photo_folder};
+
+fn setup(
+    family: &str,
+) -> Option<((String, fgclip::Model), tempfile::TempDir, std::path::PathBuf, Vec<std::path::PathBuf>)> {
+    let m = common::model(family)?;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    let files = photo_folder(&dir, 8);
+    let db = tmp.path().join("i.db");
+    index(&m, &db, std::slice::from_ref(&dir), &IndexOptions::default());
+    Some((m, tmp, db, files))
+}
+
+#[test]
+fn an_image_query_finds_itself_first() {
+    let Some((m, _tmp, db, files)) = setup("fgclip2") else { return };
+    let store = SqliteStore::open_for_read(&db).unwrap();
+    let info = store.info().unwrap().unwrap();
+    for f in [&files[2], &files[6]] {
+        let opts = SearchOptions { top: 3, kinds: Kinds::Images, per_image: 1 };
+        let hits = fgclip_search::search(&m.1, &store, &info, &Query::Image(f.clone()), &opts).unwrap();
+        assert_eq!(hits.len(), 3);
+        assert_eq!(hits[0].file, f.canonicalize().unwrap());
+        assert!((hits[0].score - 1.0).abs() < 3e-3, "{}", hits[0].score);
+        assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+    }
+}
+
+#[test]
+fn text_search_ranks_exactly_as_a_brute_force_scan() {
+    for family in ["fgclip2", "fgclip_v1"] {
+        let Some((m, _tmp, db, _)) = setup(family) else { return };
+        let store = SqliteStore::open_for_read(&db).unwrap();
+        let info = store.info().unwrap().unwrap();
+        let query = "a small red square";
+        for (kind, kinds, walk) in
+            [(Kind::Image, Kinds::Images, TextWalk::Short), (Kind::Region, Kinds::Regions, m.1.region_walk())]
+        {
+            let q = m.1.encode_texts(&[query], walk).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let q = fgclip_search::vectors::normalized(&q);
+            // Brute force: best vector per image (per_image = 1), sorted.
+            let mut best: std::collections::BTreeMap<std::path::PathBuf, f32> = Default::default();
+            for (p, v) in dump(&db, kind) {
+                let s = fgclip_search::vectors::dot_f16(&q, &v).unwrap();
+                let e = best.entry(p).or_insert(f32::NEG_INFINITY);
+                *e = e.max(s);
+            }
+            let mut want: Vec<(std::path::PathBuf, f32)> = best.into_iter().collect();
+            want.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let opts = SearchOptions { top: 5, kinds, per_image: 1 };
+            let hits = fgclip_search::search(&m.1, &store, &info, &Query::Text(query.into()), &opts).unwrap();
+            assert_eq!(hits.len(), 5, "{family} {kind:?}");
+            for (h, (p, s)) in hits.iter().zip(&want) {
+                assert_eq!(&h.file, p, "{family} {kind:?} rank {}", h.rank);
+                assert!((h.score - s).abs() < 1e-5, "{family} {kind:?}: {} vs {s}", h.score);
+                assert_eq!(h.kind, kind);
+            }
+        }
+    }
+}
+
+#[test]
+fn region_hits_carry_boxes_inside_the_picture_and_respect_per_image() {
+    let Some((m, _tmp, db, _)) = setup("fgclip2") else { return };
+    let store = SqliteStore::open_for_read(&db).unwrap();
+    let info = store.info().unwrap().unwrap();
+    let q = Query::Text("一只红色的杯子".into());
+    let hits =
+        fgclip_search::search(&m.1, &store, &info, &q, &SearchOptions { top: 8, kinds: Kinds::Regions, per_image: 1 })
+            .unwrap();
+    assert_eq!(hits.len(), 8);
+    let mut seen = std::collections::HashSet::new();
+    for h in &hits {
+        let b = h.bbox.expect("region hits have a box");
+        assert!(b[0] >= -1e-3 && b[1] >= -1e-3 && b[2] <= h.width as f32 + 1e-3 && b[3] <= h.height as f32 + 1e-3);
+        assert!(b[2] > b[0] && b[3] > b[1], "{b:?}");
+        assert!(seen.insert(h.file.clone()), "two hits in {} with per_image 1", h.path);
+    }
+    let three =
+        fgclip_search::search(&m.1, &store, &info, &q, &SearchOptions { top: 9, kinds: Kinds::Regions, per_image: 3 })
+            .unwrap();
+    let mut counts = std::collections::HashMap::new();
+    for h in &three {
+        *counts.entry(h.file.clone()).or_insert(0) += 1;
+    }
+    assert!(counts.values().all(|&c| c <= 3) && counts.values().any(|&c| c > 1), "{counts:?}");
+
+    let both =
+        fgclip_search::search(&m.1, &store, &info, &q, &SearchOptions { top: 10, ..Default::default() }).unwrap();
+    assert!(both.iter().any(|h| h.kind == Kind::Image && h.bbox.is_none()));
+    assert!(both.iter().any(|h| h.kind == Kind::Region && h.bbox.is_some()));
+    let json = serde_json::to_value(&both).unwrap();
+    let first = json.as_array().unwrap()[0].as_object().unwrap();
+    for key in ["rank", "path", "score", "kind", "box"] {
+        assert!(first.contains_key(key), "{key} missing from {first:?}");
+    }
+}
