@@ -7,9 +7,10 @@ use fgclip_search::{IndexOptions, Kinds, Query, SearchOptions, SqliteStore, Stor
 
 use crate::common::{self, dump, index, photo_folder};
 
-fn setup(
-    family: &str,
-) -> Option<((String, fgclip::Model), tempfile::TempDir, std::path::PathBuf, Vec<std::path::PathBuf>)> {
+/// A fixture model, its temp folder (kept alive), the index and the indexed files.
+type Setup = ((String, fgclip::Model), tempfile::TempDir, std::path::PathBuf, Vec<std::path::PathBuf>);
+
+fn setup(family: &str) -> Option<Setup> {
     let m = common::model(family)?;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("p");
