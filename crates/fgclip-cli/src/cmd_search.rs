@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use fgclip_search::query::check_model;
-use fgclip_search::{Hit, Kinds, Query, SearchOptions, SqliteStore, Store};
+use fgclip_search::{Hit, Kinds, Query, SearchOptions};
 
 use crate::cmd_index::db_path;
 use crate::common::RunArgs;
@@ -19,9 +19,9 @@ pub struct Args {
     /// Search with this photo instead of words.
     #[arg(long, conflicts_with = "query")]
     pub image: Option<PathBuf>,
-    /// The index file; default $FGCLIP_DB or ~/.local/share/fgclip/index.db.
+    /// The index: an SQLite file (default $FGCLIP_DB or ~/.local/share/fgclip/index.db) or a PostgreSQL URL.
     #[arg(long, env = "FGCLIP_DB")]
-    pub db: Option<PathBuf>,
+    pub db: Option<String>,
     /// Default: the model the index was made with.
     #[arg(long, short = 'm', env = "FGCLIP_MODEL")]
     pub model: Option<String>,
@@ -46,9 +46,8 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let db = db_path(a.db.clone())?;
-    let store = SqliteStore::open_for_read(&db)?;
-    let info =
-        store.info()?.with_context(|| format!("{}: the index is empty (run fgclip index first)", db.display()))?;
+    let store = fgclip_search::store::open(&db, false)?;
+    let info = store.info()?.with_context(|| format!("{db}: the index is empty (run fgclip index first)"))?;
     let source = a.model.clone().unwrap_or_else(|| info.model.source.clone());
     let query = match (&a.query, &a.image) {
         (_, Some(p)) => Query::Image(p.clone()),
@@ -61,13 +60,13 @@ pub fn run(a: Args) -> Result<()> {
     let opts = SearchOptions { top: a.top, kinds: a.kind.parse::<Kinds>()?, per_image: a.per_image };
     let model = a.run.load(&source).with_context(|| {
         if a.model.is_none() {
-            format!("the index names this model; pass --model if it has moved ({})", db.display())
+            format!("the index {db} names this model; pass --model if it has moved")
         } else {
             String::new()
         }
     })?;
-    check_model(&model, &source, &store, &info)?;
-    let hits = fgclip_search::search(&model, &store, &info, &query, &opts)?;
+    check_model(&model, &source, store.as_ref(), &info)?;
+    let hits = fgclip_search::search(&model, store.as_ref(), &info, &query, &opts)?;
     if let Some(dir) = &a.draw {
         draw_hits(&hits, dir)?;
     }

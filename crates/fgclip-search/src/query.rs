@@ -137,7 +137,7 @@ pub fn load_upright(path: &Path) -> Result<fgclip_image::RgbImage> {
 
 /// The best `k` vectors of `kind` for `q` (unit vector), at most `per_image` per image (regions).
 pub fn nearest(store: &dyn Store, kind: Kind, q: &[f32], k: usize, per_image: usize) -> Result<Vec<(f32, VectorId)>> {
-    if let Some(hits) = store.nearest(kind, q, k)? {
+    if let Some(hits) = store.nearest(kind, q, k, per_image)? {
         return Ok(hits);
     }
     let mut bad = 0usize;

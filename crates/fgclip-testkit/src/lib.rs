@@ -207,6 +207,24 @@ fn collect_rs(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// The PostgreSQL server (with the pgvector extension) tests may use: `$FGCLIP_PG_URL`, which `scripts/test.sh`
+/// sets after starting one on 127.0.0.1 with `scripts/pg.sh`. Missing: `SKIP` and `None`, or a failure with
+/// `FGCLIP_REQUIRE_FIXTURES=1` (CI), so the Postgres tests can never pass by skipping there.
+#[track_caller]
+pub fn pg_url() -> Option<String> {
+    match std::env::var("FGCLIP_PG_URL") {
+        Ok(u) if !u.trim().is_empty() => Some(u),
+        _ => {
+            let msg = "FGCLIP_PG_URL is not set (run the tests through scripts/test.sh, which starts PostgreSQL)";
+            if fixtures_required() {
+                panic!("FGCLIP_REQUIRE_FIXTURES=1: {msg}");
+            }
+            eprintln!("SKIP: {msg}");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,28 @@ use crate::regions::RegionConfig;
 use crate::scan::FoundFile;
 use crate::Result;
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod sqlite;
+
+/// Opens the store `db` names: `postgres://…` / `postgresql://…` for PostgreSQL, anything else is an SQLite file.
+/// `write` takes the writer's lock (SQLite) and creates the tables.
+pub fn open(db: &str, write: bool) -> Result<Box<dyn Store>> {
+    if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+        #[cfg(feature = "postgres")]
+        return Ok(Box::new(postgres::PgStore::connect(db, write)?));
+        #[cfg(not(feature = "postgres"))]
+        return Err(crate::Error::input(format!(
+            "{db}: this build has no PostgreSQL support (build fgclip-search with the `postgres` feature)"
+        )));
+    }
+    let path = std::path::Path::new(db);
+    Ok(if write {
+        Box::new(sqlite::SqliteStore::open_for_write(path)?)
+    } else {
+        Box::new(sqlite::SqliteStore::open_for_read(path)?)
+    })
+}
 
 /// The version of the index layout this build writes; it reads this one and refuses newer ones.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -131,10 +152,29 @@ pub trait Store: Send {
     fn stats(&self) -> Result<Stats>;
     /// Calls `f` with every stored vector of `kind` (f16 bytes).
     fn for_each_vector(&self, kind: Kind, f: &mut dyn FnMut(VectorId, &[u8])) -> Result<()>;
-    /// The store's own nearest-neighbour search, where it has one (pgvector); `None` means "scan".
-    fn nearest(&self, _kind: Kind, _query: &[f32], _k: usize) -> Result<Option<Vec<(f32, VectorId)>>> {
+    /// The store's own nearest-neighbour search by inner product, where it has one (pgvector): the best `k`
+    /// vectors with at most `per_image` per image (regions). `None` means "scan with `for_each_vector`".
+    fn nearest(
+        &self,
+        _kind: Kind,
+        _query: &[f32],
+        _k: usize,
+        _per_image: usize,
+    ) -> Result<Option<Vec<(f32, VectorId)>>> {
         Ok(None)
     }
     /// The paths and boxes of hits, in the order of `ids` (ids no longer present are left out).
     fn hits(&self, kind: Kind, ids: &[i64]) -> Result<Vec<HitRow>>;
+}
+
+/// The file a change is about, for error messages.
+pub(crate) fn change_path(c: &Change) -> String {
+    match c {
+        Change::Add { file, .. }
+        | Change::Replace { file, .. }
+        | Change::Move { file, .. }
+        | Change::Touch { file, .. }
+        | Change::Copy { file, .. } => file.path.display().to_string(),
+        Change::Remove { id } => format!("image #{id}"),
+    }
 }

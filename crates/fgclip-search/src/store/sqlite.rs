@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use super::{Change, FileRow, HitRow, IndexInfo, Kind, Stats, Store, VectorId, Vectors, SCHEMA_VERSION};
+use super::{change_path, Change, FileRow, HitRow, IndexInfo, Kind, Stats, Store, VectorId, Vectors, SCHEMA_VERSION};
 use crate::scan::FoundFile;
 use crate::{Error, Result};
 
@@ -378,16 +378,5 @@ impl Store for SqliteStore {
             out.extend(row);
         }
         Ok(out)
-    }
-}
-
-fn change_path(c: &Change) -> String {
-    match c {
-        Change::Add { file, .. }
-        | Change::Replace { file, .. }
-        | Change::Move { file, .. }
-        | Change::Touch { file, .. }
-        | Change::Copy { file, .. } => file.path.display().to_string(),
-        Change::Remove { id } => format!("image #{id}"),
     }
 }

@@ -3,6 +3,7 @@
 mod bad_input;
 mod common;
 mod incremental;
+mod postgres;
 mod search;
 
 #[test]
