@@ -6,6 +6,7 @@ mod cmd_boxes;
 mod cmd_classify;
 mod cmd_convert;
 mod cmd_eval;
+mod cmd_eval_search;
 mod cmd_features;
 mod cmd_heatmap;
 mod cmd_index;
@@ -51,6 +52,9 @@ enum Command {
     /// FG-OVD fine-grained top-1 accuracy of a model on an FG-OVD jsonl file (real benchmark or synthetic).
     #[command(name = "eval-fgovd")]
     EvalFgovd(cmd_eval::Args),
+    /// Region hit@k of an index on records with boxes (e.g. synth's test.json) against two baselines.
+    #[command(name = "eval-search")]
+    EvalSearch(cmd_eval_search::Args),
     /// Turn a CLIP / SigLIP 2 model into an FG-CLIP / FG-CLIP 2 checkpoint (the official stage-2 initialisation).
     #[command(name = "convert-backbone")]
     ConvertBackbone(cmd_convert::Args),
@@ -95,6 +99,7 @@ fn main() {
         Command::Train(a) => cmd_train::run(a),
         Command::Synth(a) => cmd_synth::run(a),
         Command::EvalFgovd(a) => cmd_eval::run(a),
+        Command::EvalSearch(a) => cmd_eval_search::run(a),
         Command::ConvertBackbone(a) => cmd_convert::run(a),
     };
     if let Err(e) = result {

@@ -300,6 +300,7 @@ pub fn index(
         .collect();
     summary.removed = removes.len() as u64;
     store.apply(&removes)?;
+    store.after_index()?;
 
     let stats = store.stats()?;
     summary.failed = summary.failures.len() as u64;

@@ -5,9 +5,11 @@
 //! [`regions`] for the box candidates, [`vectors`] for the f16 encoding) → a [`store::Store`] keeps the truth →
 //! [`query`] reads it. The store is SQLite by default ([`store::sqlite`]).
 
+pub mod ann;
 pub mod error;
 pub mod identity;
 pub mod indexer;
+pub mod quality;
 pub mod query;
 pub mod regions;
 pub mod scan;

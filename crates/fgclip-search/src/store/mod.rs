@@ -163,6 +163,10 @@ pub trait Store: Send {
     ) -> Result<Option<Vec<(f32, VectorId)>>> {
         Ok(None)
     }
+    /// Called at the end of an indexing run: the embedded store brings its ANN graphs up to date.
+    fn after_index(&self) -> Result<()> {
+        Ok(())
+    }
     /// The paths and boxes of hits, in the order of `ids` (ids no longer present are left out).
     fn hits(&self, kind: Kind, ids: &[i64]) -> Result<Vec<HitRow>>;
 }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::{change_path, Change, FileRow, HitRow, IndexInfo, Kind, Stats, Store, VectorId, Vectors, SCHEMA_VERSION};
+use crate::ann::{self, Ann};
 use crate::scan::FoundFile;
 use crate::{Error, Result};
 
@@ -17,6 +18,17 @@ pub struct SqliteStore {
     path: PathBuf,
     /// Held while writing: the OS releases it when the process dies, however it dies.
     _lock: Option<File>,
+    /// The ANN graphs (images, regions) when they match the store (readers only).
+    ann: [Option<Ann>; 2],
+    /// Vectors from which a kind gets an ANN graph (writers).
+    ann_min: u64,
+}
+
+fn slot(kind: Kind) -> usize {
+    match kind {
+        Kind::Image => 0,
+        Kind::Region => 1,
+    }
 }
 
 const SCHEMA: &str = "
@@ -91,7 +103,8 @@ impl SqliteStore {
             }
         }
         let conn = Connection::open(path).map_err(|e| store_err(path, e))?;
-        let mut s = Self { conn, path: path.to_path_buf(), _lock: Some(lock) };
+        let mut s =
+            Self { conn, path: path.to_path_buf(), _lock: Some(lock), ann: [None, None], ann_min: ann::ANN_MIN };
         s.setup(true)?;
         Ok(s)
     }
@@ -108,8 +121,10 @@ impl SqliteStore {
             Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
                 .or_else(|_| Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY))
                 .map_err(|e| store_err(path, e))?;
-        let mut s = Self { conn, path: path.to_path_buf(), _lock: None };
+        let mut s = Self { conn, path: path.to_path_buf(), _lock: None, ann: [None, None], ann_min: ann::ANN_MIN };
         s.setup(false)?;
+        let generation = s.generation()?;
+        s.ann = [Ann::open(path, Kind::Image, generation), Ann::open(path, Kind::Region, generation)];
         Ok(s)
     }
 
@@ -157,7 +172,46 @@ impl SqliteStore {
     fn err(&self, e: rusqlite::Error) -> Error {
         store_err(&self.path, e)
     }
+
+    /// Counts committed changes: every [`Store::apply`] and every reset moves it on, so an ANN graph stamped
+    /// with an older generation is known to be stale.
+    pub fn generation(&self) -> Result<i64> {
+        let v: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+
+    /// Builds or updates the ANN graph of each kind holding at least `min` vectors (see [`crate::ann`]).
+    pub fn sync_ann(&self, min: u64) -> Result<()> {
+        let info = self.info()?.ok_or_else(|| Error::Store { db: self.describe(), msg: "empty index".into() })?;
+        let stats = self.stats()?;
+        let generation = self.generation()?;
+        for (kind, n) in [(Kind::Image, stats.images), (Kind::Region, stats.regions)] {
+            let has_graph = ann::paths(&self.path, kind).0.is_file();
+            if n >= min || has_graph {
+                let (added, removed) = ann::sync(self, &self.path, kind, info.embed_dim, generation)?;
+                tracing::info!("{}: ANN graph of {}s: {added} added, {removed} removed", self.describe(), kind.name());
+            }
+        }
+        Ok(())
+    }
+
+    /// Vectors from which an indexing run builds a kind's ANN graph (default [`ann::ANN_MIN`]).
+    pub fn set_ann_min(&mut self, n: u64) {
+        self.ann_min = n;
+    }
+
+    /// Whether searches of `kind` go through an ANN graph.
+    pub fn uses_ann(&self, kind: Kind) -> bool {
+        self.ann[slot(kind)].is_some()
+    }
 }
+
+const BUMP_GENERATION: &str = "INSERT INTO meta (key, value) VALUES ('generation', '1') \
+     ON CONFLICT(key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)";
 
 pub fn lock_path(db: &Path) -> PathBuf {
     let mut s = db.as_os_str().to_owned();
@@ -239,6 +293,7 @@ impl Store for SqliteStore {
                 "INSERT INTO meta (key, value) VALUES ('info', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 params![json],
             )?;
+            tx.execute(BUMP_GENERATION, [])?;
             Ok(())
         };
         run().map_err(|e| store_err(&p, e))?;
@@ -313,6 +368,7 @@ impl Store for SqliteStore {
             })();
             r.map_err(|e| Error::Store { db: p.display().to_string(), msg: format!("{}: {e}", change_path(c)) })?;
         }
+        tx.execute(BUMP_GENERATION, []).map_err(|e| store_err(&p, e))?;
         tx.commit().map_err(|e| store_err(&p, e))
     }
 
@@ -344,6 +400,41 @@ impl Store for SqliteStore {
             f(id, v);
         }
         Ok(())
+    }
+
+    fn after_index(&self) -> Result<()> {
+        self.sync_ann(self.ann_min)
+    }
+
+    fn nearest(&self, kind: Kind, q: &[f32], k: usize, per_image: usize) -> Result<Option<Vec<(f32, VectorId)>>> {
+        let Some(ann) = &self.ann[slot(kind)] else { return Ok(None) };
+        // Regions are grouped per image afterwards: fetch more, growing, until k images are covered.
+        let mut fetch = if kind == Kind::Region { k * per_image.max(1) * 8 } else { k };
+        loop {
+            let found = ann.search(q, fetch, fetch.max(64))?;
+            let ids: Vec<i64> = found.iter().map(|(_, key)| *key as i64).collect();
+            let rows = self.hits(kind, &ids)?;
+            let image_of: std::collections::HashMap<i64, i64> = rows.iter().map(|r| (r.id, r.image_id)).collect();
+            let mut out = Vec::new();
+            let mut per: std::collections::HashMap<i64, usize> = Default::default();
+            for (score, key) in &found {
+                // Keys the store no longer has (a graph older than a delete) are skipped.
+                let Some(&image_id) = image_of.get(&(*key as i64)) else { continue };
+                let c = per.entry(image_id).or_default();
+                if kind == Kind::Region && *c >= per_image.max(1) {
+                    continue;
+                }
+                *c += 1;
+                out.push((*score, VectorId { id: *key as i64, image_id }));
+                if out.len() >= k {
+                    break;
+                }
+            }
+            if out.len() >= k || found.len() < fetch || fetch >= ann.len() {
+                return Ok(Some(out));
+            }
+            fetch *= 4;
+        }
     }
 
     fn hits(&self, kind: Kind, ids: &[i64]) -> Result<Vec<HitRow>> {

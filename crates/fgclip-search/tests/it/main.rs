@@ -1,5 +1,6 @@
 //! The fgclip-search integration tests, one binary with a module per topic.
 
+mod ann;
 mod bad_input;
 mod common;
 mod incremental;

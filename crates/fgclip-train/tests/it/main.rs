@@ -9,6 +9,7 @@ mod init_backbone;
 mod loader;
 mod objective_parity;
 mod parquet_records;
+mod search_quality;
 mod synth;
 mod trainer_loop;
 
