@@ -8,6 +8,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use rayon::prelude::*;
+
 use fgclip_search::identity::ModelIdentity;
 use fgclip_search::scan::FoundFile;
 use fgclip_search::store::{Change, IndexInfo, Kind, Store, Vectors, SCHEMA_VERSION};
@@ -83,9 +85,10 @@ fn main() {
     let db = dir.join(format!("ann-{n}x{d}.db"));
 
     let t = Instant::now();
-    let vecs = synthetic(n, d, 2000, 1);
-    let queries =
-        synthetic(nq, d, 2000, 1).into_iter().zip(synthetic(nq, d, 2000, 99)).map(|(_, q)| q).collect::<Vec<_>>();
+    // Queries come from the same distribution (the same clusters, fresh noise): the `nq` vectors generated
+    // after the collection's `n`, never stored.
+    let mut vecs = synthetic(n + nq, d, 2000, 1);
+    let queries = vecs.split_off(n);
     let bytes: Vec<Vec<u8>> = vecs.iter().map(|v| to_f16_bytes(v)).collect();
     eprintln!("generated {n} vectors in {:.1} s", t.elapsed().as_secs_f64());
 
@@ -126,7 +129,7 @@ fn main() {
     // Exact answers (from the same f16 vectors).
     let t = Instant::now();
     let exact: Vec<Vec<usize>> = queries
-        .iter()
+        .par_iter()
         .map(|q| {
             let mut top = TopK::new(10);
             for (i, b) in bytes.iter().enumerate() {

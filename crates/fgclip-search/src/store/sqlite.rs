@@ -411,7 +411,7 @@ impl Store for SqliteStore {
         // Regions are grouped per image afterwards: fetch more, growing, until k images are covered.
         let mut fetch = if kind == Kind::Region { k * per_image.max(1) * 8 } else { k };
         loop {
-            let found = ann.search(q, fetch, fetch.max(64))?;
+            let found = ann.search(q, fetch, fetch.max(ann::EXPANSION_SEARCH))?;
             let ids: Vec<i64> = found.iter().map(|(_, key)| *key as i64).collect();
             let rows = self.hits(kind, &ids)?;
             let image_of: std::collections::HashMap<i64, i64> = rows.iter().map(|r| (r.id, r.image_id)).collect();
