@@ -38,20 +38,13 @@ pub fn run(a: Args) -> Result<()> {
     let model = a.run.load(&info.model.source)?;
     let (records, issues) = load_records(&a.data, Policy::Reject).with_context(|| format!("{}", a.data.display()))?;
     anyhow::ensure!(issues.is_empty(), "{}: {} bad records", a.data.display(), issues.len());
-    let mut truths = Vec::with_capacity(records.len());
-    for r in &records {
-        let image = a.images.join(&r.f_path);
-        let (w, h) = image::image_dimensions(&image).with_context(|| format!("{}", image.display()))?;
-        let objects = r
-            .bbox_info
-            .iter()
-            .map(|b| {
-                let (w, h) = (w as f32, h as f32);
-                ([b.bbox[0] * w, b.bbox[1] * h, b.bbox[2] * w, b.bbox[3] * h], b.short_expr.clone())
-            })
-            .collect();
-        truths.push(Truth { image, caption: r.caption.clone(), objects });
-    }
+    let truths = records
+        .iter()
+        .map(|r| {
+            let boxes: Vec<(&[f32], &str)> = r.bbox_info.iter().map(|b| (&b.bbox[..], b.short_expr.as_str())).collect();
+            Truth::from_normalized(a.images.join(&r.f_path), r.caption.clone(), &boxes)
+        })
+        .collect::<fgclip_search::Result<Vec<_>>>()?;
     let rep = quality::evaluate(&model, store.as_ref(), &info, &truths, a.seed)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rep)?);

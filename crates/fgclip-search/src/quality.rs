@@ -31,6 +31,24 @@ pub struct Truth {
     pub objects: Vec<([f32; 4], String)>,
 }
 
+impl Truth {
+    /// From FineHARD-style boxes normalised to [0, 1] (`[x1, y1, x2, y2]`), scaled by the image's size.
+    pub fn from_normalized(image: PathBuf, caption: String, boxes: &[(&[f32], &str)]) -> Result<Self> {
+        let bytes = std::fs::read(&image).map_err(Error::io(&image))?;
+        let h = fgclip::fgclip_image::read_header(&bytes, &image.display().to_string())
+            .map_err(|e| Error::input(e.to_string()))?;
+        let (w, h) = (h.width as f32, h.height as f32);
+        let objects = boxes
+            .iter()
+            .map(|(b, e)| match b {
+                [x1, y1, x2, y2, ..] => Ok(([x1 * w, y1 * h, x2 * w, y2 * h], e.to_string())),
+                _ => Err(Error::input(format!("{}: a box needs 4 numbers, got {b:?}", image.display()))),
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { image, caption, objects })
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct QualityReport {
     pub queries: usize,

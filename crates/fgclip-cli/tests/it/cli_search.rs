@@ -169,3 +169,52 @@ fn killed_indexer_resumes_with_nothing_lost_duplicated_or_half_written() {
     drop(SqliteStore::open_for_write(&db).unwrap());
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn eval_search_reports_hit_rates_against_the_baselines() {
+    let Some(fx) = fixtures() else { return };
+    let d = tmp("eval");
+    let o = fgclip(&["synth", "--out", &s(&d.join("synth")), "--train", "1", "--test", "6", "--size", "96", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let data = d.join("synth");
+    let db = d.join("i.db");
+    // Only the held-out images go into the index.
+    let heldout = d.join("heldout");
+    std::fs::create_dir_all(&heldout).unwrap();
+    for e in std::fs::read_dir(data.join("images")).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().unwrap().to_string_lossy().starts_with("test_") {
+            std::fs::copy(&p, heldout.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    ok_json(&fgclip(&["index", &s(&heldout), "--db", &s(&db), "-m", &s(&fx.join("fgclip2/model")), "--json"]));
+    let rep = ok_json(&fgclip(&[
+        "eval-search",
+        "--data",
+        &s(&data.join("test.json")),
+        "--images",
+        &s(&data.join("images")),
+        "--db",
+        &s(&db),
+        "--json",
+    ]));
+    assert!(rep["queries"].as_u64().unwrap() >= 6, "{rep}");
+    assert_eq!(rep["images"], 6);
+    for key in ["region_hit", "global_only_hit", "random_box_hit", "random_candidate_hit"] {
+        let v: Vec<f64> = rep[key].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert_eq!(v.len(), 3, "{key}");
+        assert!(v.windows(2).all(|w| w[0] <= w[1]) && v.iter().all(|x| (0.0..=1.0).contains(x)), "{key}: {v:?}");
+    }
+    // A records file naming an image the index does not hold is an error that names it.
+    let o = fgclip(&[
+        "eval-search",
+        "--data",
+        &s(&data.join("train.json")),
+        "--images",
+        &s(&data.join("images")),
+        "--db",
+        &s(&db),
+    ]);
+    assert!(!o.status.success() && stderr(&o).contains("not in the index"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -24,16 +24,8 @@ fn region_search_beats_whole_image_and_random_box_baselines() {
     for r in &records {
         let src = set.data.join("images").join(&r.f_path);
         std::fs::copy(&src, heldout.join(&r.f_path)).unwrap();
-        let (w, h) = image::image_dimensions(&src).unwrap();
-        let objects = r
-            .bbox_info
-            .iter()
-            .map(|b| {
-                let (w, h) = (w as f32, h as f32);
-                ([b.bbox[0] * w, b.bbox[1] * h, b.bbox[2] * w, b.bbox[3] * h], b.short_expr.clone())
-            })
-            .collect();
-        truths.push(Truth { image: heldout.join(&r.f_path), caption: r.caption.clone(), objects });
+        let boxes: Vec<(&[f32], &str)> = r.bbox_info.iter().map(|b| (&b.bbox[..], b.short_expr.as_str())).collect();
+        truths.push(Truth::from_normalized(heldout.join(&r.f_path), r.caption.clone(), &boxes).unwrap());
     }
     let db = work.join("index.db");
     let mut store = SqliteStore::open_for_write(&db).unwrap();
