@@ -14,15 +14,8 @@ pub struct Args {
     /// Folders (or single image files) to index.
     #[arg(value_name = "DIR", required = true)]
     pub dirs: Vec<PathBuf>,
-    /// The index: an SQLite file (default $FGCLIP_DB or ~/.local/share/fgclip/index.db) or a PostgreSQL URL
-    /// `postgres://user@host:port/db` (pgvector needed).
-    #[arg(long, env = "FGCLIP_DB")]
-    pub db: Option<String>,
-    /// Checkpoint folder or Hub repo id; default: the model the index was made with.
-    #[arg(long, short = 'm', env = "FGCLIP_MODEL")]
-    pub model: Option<String>,
     #[command(flatten)]
-    pub run: RunArgs,
+    pub index: IndexArgs,
     /// Skip paths matching this gitignore-style glob (repeatable), e.g. '*.png' or 'raw/'.
     #[arg(long = "exclude", value_name = "GLOB")]
     pub excludes: Vec<String>,
@@ -50,6 +43,20 @@ pub struct Args {
     /// Print the summary as JSON: {added, updated, moved, removed, unchanged, failed, failures, ...}.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Where the index is and which model reads it (`index`, `search`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct IndexArgs {
+    /// The index: an SQLite file (default $FGCLIP_DB or ~/.local/share/fgclip/index.db) or a PostgreSQL URL
+    /// `postgres://user@host:port/db` (pgvector needed).
+    #[arg(long, env = "FGCLIP_DB")]
+    pub db: Option<String>,
+    /// Checkpoint folder or Hub repo id; default: the model the index was made with.
+    #[arg(long, short = 'm', env = "FGCLIP_MODEL")]
+    pub model: Option<String>,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// `--db` or its default (the folder of the default is created).
@@ -88,15 +95,15 @@ impl fgclip_search::Progress for Bar {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let db = db_path(a.db.clone())?;
+    let db = db_path(a.index.db.clone())?;
     let mut store = fgclip_search::store::open(&db, true)?;
     let existing = store.info()?;
-    let source = match (&a.model, &existing) {
+    let source = match (&a.index.model, &existing) {
         (Some(m), _) => m.clone(),
         (None, Some(info)) => info.model.source.clone(),
         (None, None) => anyhow::bail!("{db} is a new index: say which model makes it with --model"),
     };
-    let model = a.run.load(&source)?;
+    let model = a.index.run.load(&source)?;
     let opts = IndexOptions {
         scan: ScanOptions { excludes: a.excludes.clone(), hidden: a.hidden },
         batch: a.batch,

@@ -7,8 +7,7 @@ use anyhow::{Context, Result};
 use fgclip_search::query::check_model;
 use fgclip_search::{Hit, Kinds, Query, SearchOptions};
 
-use crate::cmd_index::db_path;
-use crate::common::RunArgs;
+use crate::cmd_index::{db_path, IndexArgs};
 use crate::draw;
 
 #[derive(clap::Args, Debug)]
@@ -19,14 +18,8 @@ pub struct Args {
     /// Search with this photo instead of words.
     #[arg(long, conflicts_with = "query")]
     pub image: Option<PathBuf>,
-    /// The index: an SQLite file (default $FGCLIP_DB or ~/.local/share/fgclip/index.db) or a PostgreSQL URL.
-    #[arg(long, env = "FGCLIP_DB")]
-    pub db: Option<String>,
-    /// Default: the model the index was made with.
-    #[arg(long, short = 'm', env = "FGCLIP_MODEL")]
-    pub model: Option<String>,
     #[command(flatten)]
-    pub run: RunArgs,
+    pub index: IndexArgs,
     /// How many hits.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
@@ -45,10 +38,10 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let db = db_path(a.db.clone())?;
+    let db = db_path(a.index.db.clone())?;
     let store = fgclip_search::store::open(&db, false)?;
     let info = store.info()?.with_context(|| format!("{db}: the index is empty (run fgclip index first)"))?;
-    let source = a.model.clone().unwrap_or_else(|| info.model.source.clone());
+    let source = a.index.model.clone().unwrap_or_else(|| info.model.source.clone());
     let query = match (&a.query, &a.image) {
         (_, Some(p)) => Query::Image(p.clone()),
         (Some(q), None) => {
@@ -58,8 +51,8 @@ pub fn run(a: Args) -> Result<()> {
         (None, None) => anyhow::bail!("give a query, or --image FILE"),
     };
     let opts = SearchOptions { top: a.top, kinds: a.kind.parse::<Kinds>()?, per_image: a.per_image };
-    let model = a.run.load(&source).with_context(|| {
-        if a.model.is_none() {
+    let model = a.index.run.load(&source).with_context(|| {
+        if a.index.model.is_none() {
             format!("the index {db} names this model; pass --model if it has moved")
         } else {
             String::new()
