@@ -158,8 +158,22 @@ impl Ann {
     pub fn search(&self, q: &[f32], n: usize, expansion: usize) -> Result<Vec<(f32, u64)>> {
         self.index.change_expansion_search(expansion.max(n));
         let m = self.index.search(q, n).map_err(|e| Error::Store { db: "ANN index".into(), msg: e.to_string() })?;
-        // usearch's IP "distance" is 1 − ⟨q, v⟩.
-        Ok(m.keys.iter().zip(&m.distances).map(|(k, d)| (1.0 - d, *k)).collect())
+        // Scores are recomputed from the graph's own copy of each vector (the store's f16 bytes, unchanged) with
+        // the exact scan's arithmetic, so near-ties rank as in the exact scan; usearch's inner product differs in
+        // the last bits. Falls back to usearch's distance (1 − ⟨q, v⟩) if a vector cannot be read.
+        let dims = self.index.dimensions();
+        let mut buf = vec![0i16; dims];
+        Ok(m.keys
+            .iter()
+            .zip(&m.distances)
+            .map(|(k, d)| {
+                let exact = self.index.get(*k, usearch::f16::from_mut_i16s(&mut buf)).ok().and_then(|_| {
+                    let bytes: Vec<u8> = buf.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    crate::vectors::dot_f16(q, &bytes)
+                });
+                (exact.unwrap_or(1.0 - d), *k)
+            })
+            .collect())
     }
 
     pub fn len(&self) -> usize {

@@ -204,24 +204,6 @@ impl SqliteStore {
         self.ann_min = n;
     }
 
-    /// The stored vectors (f16 bytes) of the given ids.
-    fn vectors_of(&self, kind: Kind, ids: &[i64]) -> Result<std::collections::HashMap<i64, Vec<u8>>> {
-        let sql = match kind {
-            Kind::Image => "SELECT embedding FROM images WHERE id = ?1",
-            Kind::Region => "SELECT embedding FROM regions WHERE id = ?1",
-        };
-        let mut st = self.conn.prepare_cached(sql).map_err(|e| self.err(e))?;
-        let mut out = std::collections::HashMap::with_capacity(ids.len());
-        for id in ids {
-            if let Some(v) =
-                st.query_row(params![id], |r| r.get::<_, Vec<u8>>(0)).optional().map_err(|e| self.err(e))?
-            {
-                out.insert(*id, v);
-            }
-        }
-        Ok(out)
-    }
-
     /// Whether searches of `kind` go through an ANN graph.
     pub fn uses_ann(&self, kind: Kind) -> bool {
         self.ann[slot(kind)].is_some()
@@ -433,14 +415,7 @@ impl Store for SqliteStore {
             let ids: Vec<i64> = found.iter().map(|(_, key)| *key as i64).collect();
             let rows = self.hits(kind, &ids)?;
             let image_of: std::collections::HashMap<i64, i64> = rows.iter().map(|r| (r.id, r.image_id)).collect();
-            // Re-score the candidates from the stored vectors, so scores (and the order of near-ties) are exactly
-            // the exact scan's; the graph only chooses which vectors to look at.
-            let stored = self.vectors_of(kind, &ids)?;
-            for (score, key) in found.iter_mut() {
-                if let Some(s) = stored.get(&(*key as i64)).and_then(|v| crate::vectors::dot_f16(q, v)) {
-                    *score = s;
-                }
-            }
+            // Scores come recomputed exactly (Ann::search); order near-ties as the exact scan does.
             found.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             let mut out = Vec::new();
             let mut per: std::collections::HashMap<i64, usize> = Default::default();
