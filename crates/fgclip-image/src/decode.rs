@@ -62,13 +62,18 @@ pub fn decode_rgb(bytes: &[u8], name_for_errors: &str) -> Result<RgbImage, Image
             name: name.to_string(),
             detail: format!("{fmt:?} is not supported (JPEG, PNG, WebP, GIF, BMP, TIFF are)"),
         }),
-        Err(_) => Err(ImageError::UnsupportedFormat {
-            name: name.to_string(),
-            detail: format!(
-                "content is not a JPEG, PNG, WebP, GIF, BMP or TIFF image (first bytes: {})",
-                hex_prefix(bytes)
-            ),
-        }),
+        Err(_) => Err(not_an_image(bytes, name)),
+    }
+}
+
+/// Content that no supported decoder recognises.
+fn not_an_image(bytes: &[u8], name: &str) -> ImageError {
+    ImageError::UnsupportedFormat {
+        name: name.to_string(),
+        detail: format!(
+            "content is not a JPEG, PNG, WebP, GIF, BMP or TIFF image (first bytes: {})",
+            hex_prefix(bytes)
+        ),
     }
 }
 
@@ -384,16 +389,8 @@ pub fn read_header(bytes: &[u8], name_for_errors: &str) -> Result<ImageHeader, I
     let reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| ImageError::Corrupt { name: name.to_string(), detail: e.to_string() })?;
-    if reader.format().is_none() {
-        return Err(ImageError::UnsupportedFormat {
-            name: name.to_string(),
-            detail: format!(
-                "content is not a JPEG, PNG, WebP, GIF, BMP or TIFF image (first bytes: {})",
-                hex_prefix(bytes)
-            ),
-        });
-    }
-    let mut decoder = reader.into_decoder().map_err(|e| classify_image_error(e, name))?;
+    let Some(fmt) = reader.format() else { return Err(not_an_image(bytes, name)) };
+    let mut decoder = reader.into_decoder().map_err(|e| map_image_error(e, name, fmt))?;
     let (w, h) = decoder.dimensions();
     let orientation = decoder.orientation().map(|o| o.to_exif()).unwrap_or(1);
     Ok(ImageHeader { width: w as usize, height: h as usize, orientation })
@@ -410,14 +407,5 @@ pub fn apply_orientation(img: RgbImage, orientation: u8) -> RgbImage {
             RgbImage::from(dynamic.into_rgb8())
         }
         _ => img,
-    }
-}
-
-fn classify_image_error(e: image::ImageError, name: &str) -> ImageError {
-    let detail = e.to_string();
-    if detail.contains("end of file") || detail.contains("EOF") || detail.contains("truncat") {
-        ImageError::Truncated { name: name.to_string(), detail }
-    } else {
-        ImageError::Corrupt { name: name.to_string(), detail }
     }
 }
