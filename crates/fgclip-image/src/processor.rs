@@ -37,7 +37,7 @@ pub enum PatchBudget {
 }
 
 /// A preprocessed batch, framework-free.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct PixelBatch {
     /// Row-major values of shape `dims`.
     pub values: Vec<f32>,

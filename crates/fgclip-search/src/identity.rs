@@ -2,7 +2,6 @@
 //! decides its vectors (config, weights, tokenizer and preprocessor files). Searching or adding to an index
 //! with another model would compare vectors of different spaces, so it is refused.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use fgclip::hub::ModelFiles;
@@ -76,15 +75,8 @@ pub fn identify(source: &str, files: &ModelFiles, cached: Option<&ModelIdentity>
     for s in &stamps {
         // Names are not hashed (a copied folder is the same model); lengths separate the files.
         hasher.update(&s.size.to_le_bytes());
-        let mut f = std::fs::File::open(&s.path).map_err(Error::io(&s.path))?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf).map_err(Error::io(&s.path))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
+        let f = std::fs::File::open(&s.path).map_err(Error::io(&s.path))?;
+        hasher.update_reader(f).map_err(Error::io(&s.path))?;
     }
     Ok(ModelIdentity {
         source: canonical_source(source),

@@ -234,10 +234,10 @@ pub fn index(
         .collect();
 
     progress.start(todo.len() as u64);
-    let mut claimed: HashSet<i64> = HashSet::new();
     let mut encoded = 0u64;
     let encode_started = Instant::now();
-    std::thread::scope(|s| -> Result<()> {
+    // Rows taken over by moves (decided on the decoding thread): kept out of the sweep.
+    let claimed: HashSet<i64> = std::thread::scope(|s| -> Result<HashSet<i64>> {
         let (tx, rx) = sync_channel::<Vec<Item>>(2);
         let worker = {
             let todo = &todo;
@@ -280,9 +280,8 @@ pub fn index(
             Ok(())
         })();
         drop(rx);
-        let worker_claimed = worker.join().map_err(|_| Error::input("the decoding thread panicked"))?;
-        claimed = worker_claimed;
-        result
+        let claimed = worker.join().map_err(|_| Error::input("the decoding thread panicked"))?;
+        result.map(|()| claimed)
     })?;
     progress.finish();
     let encode_secs = encode_started.elapsed().as_secs_f64();
@@ -436,13 +435,15 @@ fn strip_name(msg: String, name: &str) -> String {
 }
 
 /// Encodes the images of one chunk in one model batch and turns the chunk into store changes (in file order).
-fn encode_chunk(model: &Model, cfg: &RegionConfig, items: Vec<Item>) -> Result<(Vec<Change>, Vec<Failure>, u64)> {
-    let mut pixels = Vec::new();
-    for it in &items {
-        if let Item::Embed { pixels: p, .. } = it {
-            pixels.push(p.clone());
-        }
-    }
+fn encode_chunk(model: &Model, cfg: &RegionConfig, mut items: Vec<Item>) -> Result<(Vec<Change>, Vec<Failure>, u64)> {
+    // The pixels move into the batch (no copy); the items keep what the changes need.
+    let pixels: Vec<PixelBatch> = items
+        .iter_mut()
+        .filter_map(|it| match it {
+            Item::Embed { pixels, .. } => Some(std::mem::take(pixels)),
+            _ => None,
+        })
+        .collect();
     let mut vectors: Vec<std::result::Result<Vectors, String>> = Vec::new();
     let encoded = pixels.len() as u64;
     if !pixels.is_empty() {

@@ -121,6 +121,8 @@ pub fn evaluate(
     let (mut region, mut global, mut random, mut uniform) = ([0usize; 3], [0usize; 3], [0usize; 3], [0usize; 3]);
     let top = *KS.last().expect("KS");
     for (image_id, t) in &truths {
+        let (w, h) =
+            store.hits(Kind::Image, &[*image_id])?.first().map_or((1.0, 1.0), |r| (r.width as f32, r.height as f32));
         for (_, expr) in &t.objects {
             r.queries += 1;
             let good = |img: i64, b: &[f32; 4]| {
@@ -143,10 +145,6 @@ pub fn evaluate(
             }
             let boxes = store.hits(Kind::Region, &cands[..cands.len().min(top)])?;
             let first_random = boxes.iter().position(|h| h.bbox.is_some_and(|b| good(*image_id, &b)));
-            let (w, h) = store
-                .hits(Kind::Image, &[*image_id])?
-                .first()
-                .map_or((1.0, 1.0), |r| (r.width as f32, r.height as f32));
             let first_uniform = (0..top).position(|_| good(*image_id, &rng.boxed(w, h)));
             for (k, &kk) in KS.iter().enumerate() {
                 region[k] += first.is_some_and(|p| p < kk) as usize;

@@ -99,21 +99,34 @@ fn walk(name: &str) -> Result<TextWalk> {
     Ok(name.parse::<TextWalk>()?)
 }
 
-/// The query's unit vector for `kind`.
-fn query_vector(model: &Model, info: &IndexInfo, q: &Query, kind: Kind) -> Result<Vec<f32>> {
-    let v = match q {
-        Query::Text(t) => {
+/// How a query becomes a vector for one kind.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Encoding<'a> {
+    Text(&'a str, TextWalk),
+    /// A photo: its one embedding serves both kinds.
+    Photo(&'a Path),
+}
+
+/// The encoding of `q` for `kind`: image queries use the index's image walk, region queries its region walk.
+fn encoding<'a>(info: &IndexInfo, q: &'a Query, kind: Kind) -> Result<Encoding<'a>> {
+    Ok(match (q, kind) {
+        (Query::Image(p), _) => Encoding::Photo(p),
+        (Query::Text(t), Kind::Image) => Encoding::Text(t, walk(&info.image_walk)?),
+        (Query::Text(t), Kind::Region) => Encoding::Text(t, walk(&info.region_walk)?),
+    })
+}
+
+/// The query's unit vector.
+fn query_vector(model: &Model, enc: Encoding) -> Result<Vec<f32>> {
+    let v = match enc {
+        Encoding::Text(t, w) => {
             let t = t.trim();
             if t.is_empty() {
                 return Err(Error::input("the query is empty (give some words, or --image FILE)"));
             }
-            let w = match kind {
-                Kind::Image => walk(&info.image_walk)?,
-                Kind::Region => walk(&info.region_walk)?,
-            };
             model.encode_texts(&[t], w)?
         }
-        Query::Image(p) => {
+        Encoding::Photo(p) => {
             let img = load_upright(p)?;
             let prepared = model.prepare_images(&[img], PatchBudget::Dynamic)?;
             model.encode_images(&prepared)?
@@ -188,9 +201,15 @@ pub fn search(model: &Model, store: &dyn Store, info: &IndexInfo, q: &Query, opt
         Kinds::Both => &[Kind::Image, Kind::Region],
     };
     let mut all: Vec<(f32, Kind, i64)> = Vec::new();
+    // One encoding per distinct walk: a photo, or FG-CLIP's text (one walk for both kinds), is encoded once.
+    let mut encoded: Vec<(Encoding, Vec<f32>)> = Vec::new();
     for &kind in kinds {
-        let qv = query_vector(model, info, q, kind)?;
-        for (s, id) in nearest(store, kind, &qv, opts.top, opts.per_image.max(1))? {
+        let enc = encoding(info, q, kind)?;
+        if !encoded.iter().any(|(e, _)| *e == enc) {
+            encoded.push((enc, query_vector(model, enc)?));
+        }
+        let qv = &encoded.iter().find(|(e, _)| *e == enc).expect("encoded above").1;
+        for (s, id) in nearest(store, kind, qv, opts.top, opts.per_image.max(1))? {
             all.push((s, kind, id.id));
         }
     }

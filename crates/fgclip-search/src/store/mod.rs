@@ -182,3 +182,60 @@ pub(crate) fn change_path(c: &Change) -> String {
         Change::Remove { id } => format!("image #{id}"),
     }
 }
+
+/// A path as the stores keep it: its raw bytes on Unix, so names that are not UTF-8 survive.
+#[cfg(unix)]
+pub(crate) fn path_bytes(p: &std::path::Path) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    p.as_os_str().as_bytes().to_vec()
+}
+
+#[cfg(unix)]
+pub(crate) fn bytes_path(b: Vec<u8>) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    PathBuf::from(std::ffi::OsString::from_vec(b))
+}
+
+#[cfg(not(unix))]
+pub(crate) fn path_bytes(p: &std::path::Path) -> Vec<u8> {
+    p.to_string_lossy().into_owned().into_bytes()
+}
+
+#[cfg(not(unix))]
+pub(crate) fn bytes_path(b: Vec<u8>) -> PathBuf {
+    PathBuf::from(String::from_utf8_lossy(&b).into_owned())
+}
+
+/// A stored content hash (all zeros when the column does not hold 32 bytes).
+pub(crate) fn hash_from(v: &[u8]) -> [u8; 32] {
+    let mut h = [0u8; 32];
+    if v.len() == 32 {
+        h.copy_from_slice(v);
+    }
+    h
+}
+
+/// The best `k` of `candidates` from a store's own nearest-neighbour search: best score first, equal scores
+/// (copies of one photo) in id order as the exact scan ranks them, and at most `per_image` regions per image.
+pub(crate) fn best_per_image(
+    mut candidates: Vec<(f32, VectorId)>,
+    kind: Kind,
+    k: usize,
+    per_image: usize,
+) -> Vec<(f32, VectorId)> {
+    candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.id.cmp(&b.1.id)));
+    let mut per: std::collections::HashMap<i64, usize> = Default::default();
+    let mut out = Vec::new();
+    for (score, id) in candidates {
+        let c = per.entry(id.image_id).or_default();
+        if kind == Kind::Region && *c >= per_image.max(1) {
+            continue;
+        }
+        *c += 1;
+        out.push((score, id));
+        if out.len() >= k {
+            break;
+        }
+    }
+    out
+}

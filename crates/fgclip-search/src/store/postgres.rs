@@ -10,7 +10,10 @@ use half::f16;
 use pgvector::{HalfVector, Vector};
 use postgres::{Client, NoTls};
 
-use super::{Change, FileRow, HitRow, IndexInfo, Kind, Stats, Store, VectorId, Vectors, SCHEMA_VERSION};
+use super::{
+    best_per_image, bytes_path, hash_from, path_bytes, Change, FileRow, HitRow, IndexInfo, Kind, Stats, Store,
+    VectorId, Vectors, SCHEMA_VERSION,
+};
 use crate::scan::FoundFile;
 use crate::{Error, Result};
 
@@ -72,33 +75,6 @@ fn halfvec_bytes(v: &HalfVector) -> Vec<u8> {
     v.as_slice().iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn hash_of(v: &[u8]) -> [u8; 32] {
-    let mut h = [0u8; 32];
-    if v.len() == 32 {
-        h.copy_from_slice(v);
-    }
-    h
-}
-
-#[cfg(unix)]
-fn path_bytes(p: &std::path::Path) -> Vec<u8> {
-    use std::os::unix::ffi::OsStrExt;
-    p.as_os_str().as_bytes().to_vec()
-}
-#[cfg(unix)]
-fn bytes_path(b: Vec<u8>) -> std::path::PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    std::path::PathBuf::from(std::ffi::OsString::from_vec(b))
-}
-#[cfg(not(unix))]
-fn path_bytes(p: &std::path::Path) -> Vec<u8> {
-    p.to_string_lossy().into_owned().into_bytes()
-}
-#[cfg(not(unix))]
-fn bytes_path(b: Vec<u8>) -> std::path::PathBuf {
-    std::path::PathBuf::from(String::from_utf8_lossy(&b).into_owned())
-}
-
 impl PgStore {
     /// Connects to `url`; `write` creates the metadata table. The schema version is checked either way.
     pub fn connect(url: &str, write: bool) -> Result<Self> {
@@ -153,12 +129,16 @@ impl PgStore {
         pg_err(&self.url, e)
     }
 
-    fn count(&self, kind: Kind) -> Result<i64> {
-        let sql = match kind {
-            Kind::Image => "SELECT COUNT(*) FROM fgclip_images",
-            Kind::Region => "SELECT COUNT(*) FROM fgclip_regions",
+    /// Whether `kind` holds fewer than `exact_below` vectors. The count stops at the threshold, so a search of a
+    /// large table does not pay for a full `COUNT(*)` before walking its index.
+    fn is_small(&self, kind: Kind) -> Result<bool> {
+        let table = match kind {
+            Kind::Image => "fgclip_images",
+            Kind::Region => "fgclip_regions",
         };
-        self.client().query_one(sql, &[]).map(|r| r.get(0)).map_err(|e| self.err(e))
+        let sql = format!("SELECT COUNT(*) FROM (SELECT 1 FROM {table} LIMIT $1) t");
+        let n: i64 = self.client().query_one(&sql, &[&self.exact_below]).map(|r| r.get(0)).map_err(|e| self.err(e))?;
+        Ok(n < self.exact_below)
     }
 }
 
@@ -267,7 +247,7 @@ impl Store for PgStore {
                 path: bytes_path(r.get(1)),
                 size: r.get::<_, i64>(2) as u64,
                 mtime_ns: r.get(3),
-                hash: hash_of(r.get(4)),
+                hash: hash_from(r.get(4)),
             })
             .collect())
     }
@@ -365,7 +345,7 @@ impl Store for PgStore {
         };
         let limit = k as i64;
         let per = per_image.max(1) as i64;
-        let exact = self.count(kind)? < self.exact_below;
+        let exact = self.is_small(kind)?;
         let url = self.url.clone();
         let mut client = self.client();
         let mut tx = client.transaction().map_err(|e| pg_err(&url, e))?;
@@ -410,28 +390,14 @@ impl Store for PgStore {
                 fetch *= 4;
             }
         };
-        let mut scored: Vec<(f32, VectorId)> = rows
+        let candidates = rows
             .iter()
             .map(|r| {
                 let score = r.try_get::<_, f64>(2).map(|s| s as f32).unwrap_or_else(|_| r.get::<_, f32>(2));
                 (score, VectorId { id: r.get(0), image_id: r.get(1) })
             })
             .collect();
-        // Equal scores (copies of one photo) in id order, as the embedded store's scan ranks them.
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.id.cmp(&b.1.id)));
-        let mut out: Vec<(f32, VectorId)> = Vec::new();
-        let mut per_count: std::collections::HashMap<i64, usize> = Default::default();
-        for (score, id) in scored {
-            let c = per_count.entry(id.image_id).or_default();
-            if kind == Kind::Region && *c >= per_image.max(1) {
-                continue;
-            }
-            *c += 1;
-            out.push((score, id));
-            if out.len() >= k {
-                break;
-            }
-        }
+        let out = best_per_image(candidates, kind, k, per_image);
         Ok(Some(out))
     }
 

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use super::{change_path, Change, FileRow, HitRow, IndexInfo, Kind, Stats, Store, VectorId, Vectors, SCHEMA_VERSION};
+use super::{
+    best_per_image, bytes_path, change_path, hash_from, path_bytes, Change, FileRow, HitRow, IndexInfo, Kind, Stats,
+    Store, VectorId, Vectors, SCHEMA_VERSION,
+};
 use crate::ann::{self, Ann};
 use crate::scan::FoundFile;
 use crate::{Error, Result};
@@ -52,28 +55,6 @@ CREATE TABLE IF NOT EXISTS regions (
 );
 CREATE INDEX IF NOT EXISTS regions_image ON regions(image_id);
 ";
-
-#[cfg(unix)]
-fn path_bytes(p: &Path) -> Vec<u8> {
-    use std::os::unix::ffi::OsStrExt;
-    p.as_os_str().as_bytes().to_vec()
-}
-
-#[cfg(unix)]
-fn bytes_path(b: Vec<u8>) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    PathBuf::from(std::ffi::OsString::from_vec(b))
-}
-
-#[cfg(not(unix))]
-fn path_bytes(p: &Path) -> Vec<u8> {
-    p.to_string_lossy().into_owned().into_bytes()
-}
-
-#[cfg(not(unix))]
-fn bytes_path(b: Vec<u8>) -> PathBuf {
-    PathBuf::from(String::from_utf8_lossy(&b).into_owned())
-}
 
 impl SqliteStore {
     /// Opens (creating if needed) an index for writing, holding its lock file.
@@ -230,14 +211,6 @@ fn store_err(path: &Path, e: rusqlite::Error) -> Error {
     Error::Store { db: path.display().to_string(), msg }
 }
 
-fn hash_of(v: Vec<u8>) -> [u8; 32] {
-    let mut h = [0u8; 32];
-    if v.len() == 32 {
-        h.copy_from_slice(&v);
-    }
-    h
-}
-
 fn insert_vectors(tx: &rusqlite::Transaction, image_id: i64, v: &Vectors) -> rusqlite::Result<()> {
     let mut st =
         tx.prepare_cached("INSERT INTO regions (image_id, x1, y1, x2, y2, embedding) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
@@ -309,7 +282,7 @@ impl Store for SqliteStore {
                     path: bytes_path(r.get(1)?),
                     size: r.get::<_, i64>(2)? as u64,
                     mtime_ns: r.get(3)?,
-                    hash: hash_of(r.get(4)?),
+                    hash: hash_from(&r.get::<_, Vec<u8>>(4)?),
                 })
             })
             .map_err(|e| self.err(e))?;
@@ -411,27 +384,19 @@ impl Store for SqliteStore {
         // Regions are grouped per image afterwards: fetch more, growing, until k images are covered.
         let mut fetch = if kind == Kind::Region { k * per_image.max(1) * 8 } else { k };
         loop {
-            let mut found = ann.search(q, fetch, fetch.max(ann::EXPANSION_SEARCH))?;
+            let found = ann.search(q, fetch, fetch.max(ann::EXPANSION_SEARCH))?;
             let ids: Vec<i64> = found.iter().map(|(_, key)| *key as i64).collect();
-            let rows = self.hits(kind, &ids)?;
-            let image_of: std::collections::HashMap<i64, i64> = rows.iter().map(|r| (r.id, r.image_id)).collect();
-            // Scores come recomputed exactly (Ann::search); order near-ties as the exact scan does.
-            found.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            let mut out = Vec::new();
-            let mut per: std::collections::HashMap<i64, usize> = Default::default();
-            for (score, key) in &found {
-                // Keys the store no longer has (a graph older than a delete) are skipped.
-                let Some(&image_id) = image_of.get(&(*key as i64)) else { continue };
-                let c = per.entry(image_id).or_default();
-                if kind == Kind::Region && *c >= per_image.max(1) {
-                    continue;
-                }
-                *c += 1;
-                out.push((*score, VectorId { id: *key as i64, image_id }));
-                if out.len() >= k {
-                    break;
-                }
-            }
+            let image_of: std::collections::HashMap<i64, i64> =
+                self.hits(kind, &ids)?.iter().map(|r| (r.id, r.image_id)).collect();
+            // Keys the store no longer has (deleted after this reader opened the graph) are skipped.
+            let candidates = found
+                .iter()
+                .filter_map(|(score, key)| {
+                    let id = *key as i64;
+                    image_of.get(&id).map(|&image_id| (*score, VectorId { id, image_id }))
+                })
+                .collect();
+            let out = best_per_image(candidates, kind, k, per_image);
             if out.len() >= k || found.len() < fetch || fetch >= ann.len() {
                 return Ok(Some(out));
             }
