@@ -53,6 +53,21 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// The CPU model and the SIMD flags that matter here, recorded with every result.
+fn cpu() -> serde_json::Value {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_once(':')).map(|x| x.1.trim().to_string())
+    };
+    let flags: Vec<String> = field("flags")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter(|f| f.starts_with("avx") || ["fma", "f16c", "asimd", "fphp", "sve"].contains(f))
+        .map(String::from)
+        .collect();
+    serde_json::json!({ "model": field("model name"), "isa_flags": flags, "fgclip_isa": fgclip::Isa::detect().name() })
+}
+
 fn pct(xs: &mut [f64], p: f64) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     xs[((xs.len() as f64 - 1.0) * p).round() as usize]
@@ -165,7 +180,7 @@ fn main() {
             "peak_rss_mib_before_build": rss0, "peak_rss_mib_after_build": rss_build,
             "recall_at_10": recall, "p50_ms": pct(&mut lat, 0.5), "p99_ms": pct(&mut lat, 0.99),
             "open_to_first_result_ms": open_to_first_ms, "exact_scan_ms_per_query_in_memory": exact_ms,
-            "threads": rayon::current_num_threads(),
+            "threads": rayon::current_num_threads(), "cpu": cpu(),
         })
     );
 
@@ -228,6 +243,7 @@ fn pg_bench(url: &str, bytes: &[Vec<u8>], queries: &[Vec<f32>], d: usize) {
             "impl": "pgvector 0.8 HNSW (halfvec, inner product, m=16, ef_construction=64, ef_search=64)", "n": n, "dims": d,
             "queries": queries.len(), "insert_s": insert_s, "build_s": build_s, "index_mib": size_mib,
             "recall_at_10": found as f64 / (10 * queries.len()) as f64, "p50_ms": pct(&mut lat, 0.5), "p99_ms": pct(&mut lat, 0.99),
+            "cpu": cpu(),
         })
     );
 }
