@@ -68,5 +68,10 @@ pub fn run(a: Args) -> Result<()> {
         println!("{:<28} {:>7} {:>7} {:>7}", name, pct(v[0]), pct(v[1]), pct(v[2]));
     }
     println!("image recall of captions: @1 {}  @5 {}", pct(rep.image_recall[0]), pct(rep.image_recall[1]));
+    println!(
+        "candidates: {} cover the object (the ceiling); the best-scoring one in the right image hits {}",
+        pct(rep.candidate_recall),
+        pct(rep.in_image_hit1)
+    );
     Ok(())
 }

@@ -31,6 +31,10 @@ pub struct Args {
     /// Most region candidates stored per image (0: whole images only). Only for a new index or with --reindex.
     #[arg(long)]
     pub regions: Option<usize>,
+    /// Region candidate settings as a JSON file: any of scales, aspects, stride, max_per_image, merge_iou,
+    /// merge_cos, segments (docs/search.md). Only for a new index or with --reindex.
+    #[arg(long, value_name = "FILE")]
+    pub region_config: Option<std::path::PathBuf>,
     /// Drop the index's vectors and rebuild it (needed to change the model or the region settings).
     #[arg(long)]
     pub reindex: bool,
@@ -94,6 +98,24 @@ impl fgclip_search::Progress for Bar {
     }
 }
 
+/// `--region-config` (missing fields keep their defaults), then `--regions` on top.
+fn region_config(a: &Args) -> Result<Option<RegionConfig>> {
+    let mut cfg = match &a.region_config {
+        None => None,
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("--region-config {}", p.display()))?;
+            let cfg: RegionConfig =
+                serde_json::from_str(&text).with_context(|| format!("--region-config {}", p.display()))?;
+            cfg.validate().map_err(|e| anyhow::anyhow!("--region-config {}: {e}", p.display()))?;
+            Some(cfg)
+        }
+    };
+    if let Some(n) = a.regions {
+        cfg.get_or_insert_with(RegionConfig::default).max_per_image = n;
+    }
+    Ok(cfg)
+}
+
 pub fn run(a: Args) -> Result<()> {
     let db = db_path(a.index.db.clone())?;
     let mut store = fgclip_search::store::open(&db, true)?;
@@ -108,7 +130,7 @@ pub fn run(a: Args) -> Result<()> {
         scan: ScanOptions { excludes: a.excludes.clone(), hidden: a.hidden },
         batch: a.batch,
         max_megapixels: a.max_megapixels,
-        regions: a.regions.map(|n| RegionConfig { max_per_image: n, ..Default::default() }),
+        regions: region_config(&a)?,
         reindex: a.reindex,
         budget: common::patch_budget(a.max_patches, &model)?,
         shard: a.shard.as_deref().map(parse_shard).transpose()?,

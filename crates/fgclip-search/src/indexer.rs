@@ -483,14 +483,21 @@ pub fn embed(
         .zip(&images.sizes)
         .map(|(d, &hw)| {
             if cfg.max_per_image == 0 {
-                return vec![];
+                return Ok(vec![]);
             }
-            regions::windows(d.rows, d.cols, cfg)
-                .iter()
-                .map(|b| regions::grid_to_pixels(b, d.rows, d.cols, hw))
-                .collect()
+            let mut grid = regions::windows(d.rows, d.cols, cfg);
+            if !cfg.segments.is_empty() {
+                let feats = d.features.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+                let unit: Vec<Vec<f32>> = feats.iter().map(|f| normalized(f)).collect();
+                for b in regions::segments(&unit, d.rows, d.cols, &cfg.segments) {
+                    if !grid.contains(&b) {
+                        grid.push(b);
+                    }
+                }
+            }
+            Ok(grid.iter().map(|b| regions::grid_to_pixels(b, d.rows, d.cols, hw)).collect())
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let region_feats = model.regions_from_dense(&dense, &images.sizes, &boxes)?;
     let mut out = Vec::with_capacity(global.len());
     for (i, g) in global.iter().enumerate() {

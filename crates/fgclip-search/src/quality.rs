@@ -8,6 +8,10 @@
 //!   (corners uniform over the picture);
 //! * **random-candidate@k** baseline (a stronger one): the right image given for free, k of its stored
 //!   candidates drawn at random, so it measures what the ranking adds over the candidates themselves;
+//! * **candidate recall**: some stored candidate of the object's image overlaps it (IoU ≥ 0.5): the ceiling the
+//!   candidate design sets for everything above;
+//! * **in-image hit@1**: the right image given for free, its candidate that scores best for the query is a hit:
+//!   what the region vectors do for localisation alone;
 //! * **image recall@k**: each image's caption finds that image among the top-k image hits.
 
 use std::collections::HashMap;
@@ -17,9 +21,10 @@ use std::time::Instant;
 use fgclip::Model;
 use serde::Serialize;
 
-use crate::query::{search, Kinds, Query, SearchOptions};
+use crate::query::{embed_query, search, Kinds, Query, SearchOptions};
 use crate::regions::iou;
 use crate::store::{IndexInfo, Kind, Store};
+use crate::vectors::dot_f16;
 use crate::{Error, Result};
 
 /// One image of the collection and what is in it.
@@ -58,6 +63,8 @@ pub struct QualityReport {
     pub global_only_hit: [f64; 3],
     pub random_box_hit: [f64; 3],
     pub random_candidate_hit: [f64; 3],
+    pub candidate_recall: f64,
+    pub in_image_hit1: f64,
     /// Image recall at k = 1, 5 for whole-image captions.
     pub image_recall: [f64; 2],
     /// Region candidates per image (mean) and stored vector bytes per image.
@@ -112,13 +119,25 @@ pub fn evaluate(
                 .ok_or_else(|| Error::input(format!("{} is not in the index {}", t.image.display(), store.describe())))
         })
         .collect::<Result<_>>()?;
-    // The stored candidates of every image, for the random baseline.
-    let mut region_ids: HashMap<i64, Vec<i64>> = HashMap::new();
-    store.for_each_vector(Kind::Region, &mut |id, _| region_ids.entry(id.image_id).or_default().push(id.id))?;
+    // The stored candidates of every image (for the random baseline and the in-image ranking), with their boxes.
+    let mut region_vecs: HashMap<i64, Vec<(i64, Vec<u8>)>> = HashMap::new();
+    store.for_each_vector(Kind::Region, &mut |id, v| {
+        region_vecs.entry(id.image_id).or_default().push((id.id, v.to_vec()))
+    })?;
+    let mut region_boxes: HashMap<i64, [f32; 4]> = HashMap::new();
+    for (image_id, _) in &truths {
+        let ids: Vec<i64> = region_vecs.get(image_id).map_or(vec![], |c| c.iter().map(|x| x.0).collect());
+        for h in store.hits(Kind::Region, &ids)? {
+            if let Some(b) = h.bbox {
+                region_boxes.insert(h.id, b);
+            }
+        }
+    }
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
 
     let mut r = QualityReport { images: truths.len(), ..Default::default() };
     let (mut region, mut global, mut random, mut uniform) = ([0usize; 3], [0usize; 3], [0usize; 3], [0usize; 3]);
+    let (mut covered, mut in_image) = (0usize, 0usize);
     let top = *KS.last().expect("KS");
     for (image_id, t) in &truths {
         let (w, h) =
@@ -138,7 +157,15 @@ pub fn evaluate(
                 let whole = [0.0, 0.0, h.width as f32, h.height as f32];
                 id_of.get(&h.file).is_some_and(|&img| good(img, &whole))
             });
-            let mut cands = region_ids.get(image_id).cloned().unwrap_or_default();
+            let own = region_vecs.get(image_id).map_or(&[][..], |c| &c[..]);
+            covered += own.iter().any(|(id, _)| region_boxes.get(id).is_some_and(|b| good(*image_id, b))) as usize;
+            let qv = embed_query(model, info, &q, Kind::Region)?;
+            let best = own
+                .iter()
+                .filter_map(|(id, v)| Some((dot_f16(&qv, v)?, *id)))
+                .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
+            in_image += best.is_some_and(|(_, id)| region_boxes.get(&id).is_some_and(|b| good(*image_id, b))) as usize;
+            let mut cands: Vec<i64> = own.iter().map(|x| x.0).collect();
             // Fisher–Yates on the candidates, then the first k of them.
             for i in (1..cands.len()).rev() {
                 cands.swap(i, (rng.next() % (i as u64 + 1)) as usize);
@@ -174,6 +201,8 @@ pub fn evaluate(
         r.random_candidate_hit[k] = random[k] as f64 / q;
         r.random_box_hit[k] = uniform[k] as f64 / q;
     }
+    r.candidate_recall = covered as f64 / q;
+    r.in_image_hit1 = in_image as f64 / q;
     let n = truths.len().max(1) as f64;
     r.image_recall = [recall[0] as f64 / n, recall[1] as f64 / n];
     let stats = store.stats()?;

@@ -116,6 +116,11 @@ fn encoding<'a>(info: &IndexInfo, q: &'a Query, kind: Kind) -> Result<Encoding<'
     })
 }
 
+/// The unit vector `q` is searched with among vectors of `kind`.
+pub fn embed_query(model: &Model, info: &IndexInfo, q: &Query, kind: Kind) -> Result<Vec<f32>> {
+    query_vector(model, encoding(info, q, kind)?)
+}
+
 /// The query's unit vector.
 fn query_vector(model: &Model, enc: Encoding) -> Result<Vec<f32>> {
     let v = match enc {

@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RegionConfig {
     /// Window sides as fractions of the grid's shorter side.
     pub scales: Vec<f32>,
@@ -26,6 +26,9 @@ pub struct RegionConfig {
     pub merge_iou: f32,
     /// ... and their vectors are at least this similar (cosine).
     pub merge_cos: f32,
+    /// Segments of the dense map as further candidates: for each cosine threshold, the boxes around groups of
+    /// 4-connected patches whose neighbouring vectors agree at least that much (empty: windows only).
+    pub segments: Vec<f32>,
 }
 
 impl Default for RegionConfig {
@@ -37,6 +40,7 @@ impl Default for RegionConfig {
             max_per_image: 24,
             merge_iou: 0.5,
             merge_cos: 0.95,
+            segments: vec![],
         }
     }
 }
@@ -52,6 +56,9 @@ impl RegionConfig {
         }
         if !(self.stride.is_finite() && self.stride > 0.0 && self.stride <= 1.0) {
             return bad("stride must be in (0, 1]");
+        }
+        if self.segments.iter().any(|t| !(-1.0..=1.0).contains(t)) {
+            return bad("every segment threshold must be a cosine in [-1, 1]");
         }
         if !(0.0..=1.0).contains(&self.merge_iou) || !(-1.0..=1.0).contains(&self.merge_cos) {
             return bad("merge_iou must be in [0, 1] and merge_cos in [-1, 1]");
@@ -77,6 +84,55 @@ pub fn windows(rows: usize, cols: usize, cfg: &RegionConfig) -> Vec<[f32; 4]> {
                         out.push(b);
                     }
                 }
+            }
+        }
+    }
+    out
+}
+
+/// Segment boxes `[x1, y1, x2, y2]` in grid units on a `rows × cols` grid whose patch vectors (unit length,
+/// row-major) are `feats`: for each threshold, patches are joined with their right and lower neighbours when the
+/// two vectors' cosine reaches it, and every group of at least two patches that leaves a tenth of the grid out
+/// gives its bounding box. Deduplicated; thresholds high to low give parts before wholes.
+pub fn segments(feats: &[Vec<f32>], rows: usize, cols: usize, thresholds: &[f32]) -> Vec<[f32; 4]> {
+    let n = rows * cols;
+    if feats.len() != n || n == 0 {
+        return vec![];
+    }
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    let mut out: Vec<[f32; 4]> = Vec::new();
+    for &t in thresholds {
+        let mut parent: Vec<usize> = (0..n).collect();
+        for y in 0..rows {
+            for x in 0..cols {
+                let i = y * cols + x;
+                for j in [(x + 1 < cols).then(|| i + 1), (y + 1 < rows).then(|| i + cols)].into_iter().flatten() {
+                    if dot(&feats[i], &feats[j]) >= t {
+                        let (a, b) = (root(&mut parent, i), root(&mut parent, j));
+                        parent[a.max(b)] = a.min(b);
+                    }
+                }
+            }
+        }
+        // Per group: cell count and bounds.
+        let mut groups: std::collections::BTreeMap<usize, (usize, [usize; 4])> = Default::default();
+        for i in 0..n {
+            let (y, x) = (i / cols, i % cols);
+            let g = groups.entry(root(&mut parent, i)).or_insert((0, [x, y, x, y]));
+            g.0 += 1;
+            g.1 = [g.1[0].min(x), g.1[1].min(y), g.1[2].max(x), g.1[3].max(y)];
+        }
+        for (count, [x1, y1, x2, y2]) in groups.into_values() {
+            let b = [x1 as f32, y1 as f32, (x2 + 1) as f32, (y2 + 1) as f32];
+            let area = (b[2] - b[0]) * (b[3] - b[1]);
+            if count >= 2 && area <= 0.9 * n as f32 && !out.contains(&b) {
+                out.push(b);
             }
         }
     }
@@ -164,6 +220,24 @@ mod tests {
             assert!(w.iter().any(|b| b[0] == 0.0 && b[1] == 0.0));
             assert!(w.iter().any(|b| (b[2] - c as f32).abs() < 1e-4 && (b[3] - r as f32).abs() < 1e-4));
         }
+    }
+
+    #[test]
+    fn segments_box_the_groups_of_agreeing_patches() {
+        // A 4 × 6 grid: background [1, 0], a 2 × 2 object [0, 1] at columns 1–2, rows 1–2, and a lone odd patch.
+        let (rows, cols) = (4, 6);
+        let mut feats = vec![vec![1.0f32, 0.0]; rows * cols];
+        for (y, x) in [(1, 1), (1, 2), (2, 1), (2, 2)] {
+            feats[y * cols + x] = vec![0.0, 1.0];
+        }
+        feats[3 * cols + 5] = vec![0.6, 0.8];
+        let s = segments(&feats, rows, cols, &[0.9]);
+        // The object's box; the background covers the whole grid and the lone patch is one cell: both left out.
+        assert_eq!(s, vec![[1.0, 1.0, 3.0, 3.0]]);
+        // At a threshold everything passes, one group covers the grid: nothing.
+        assert!(segments(&feats, rows, cols, &[-1.0]).is_empty());
+        // Wrong feature count: nothing rather than a panic.
+        assert!(segments(&feats[1..], rows, cols, &[0.9]).is_empty());
     }
 
     #[test]

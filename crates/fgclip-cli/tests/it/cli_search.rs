@@ -205,6 +205,12 @@ fn eval_search_reports_hit_rates_against_the_baselines() {
         assert_eq!(v.len(), 3, "{key}");
         assert!(v.windows(2).all(|w| w[0] <= w[1]) && v.iter().all(|x| (0.0..=1.0).contains(x)), "{key}: {v:?}");
     }
+    // The candidates bound what any ranking of them can do.
+    let ceiling = rep["candidate_recall"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&ceiling), "{rep}");
+    for v in [rep["in_image_hit1"].as_f64().unwrap(), rep["region_hit"][2].as_f64().unwrap()] {
+        assert!(v <= ceiling + 1e-12, "{v} above the candidates' ceiling {ceiling}: {rep}");
+    }
     // A records file naming an image the index does not hold is an error that names it.
     let o = fgclip(&[
         "eval-search",
@@ -216,5 +222,68 @@ fn eval_search_reports_hit_rates_against_the_baselines() {
         &s(&db),
     ]);
     assert!(!o.status.success() && stderr(&o).contains("not in the index"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn region_config_file_chooses_the_candidates_and_bad_files_are_named() {
+    let Some(fx) = fixtures() else { return };
+    let model = fx.join("fgclip2/model");
+    let d = tmp("region_config");
+    let images = photos(&d.join("synth"), 3);
+    let db = d.join("r.db");
+    // Segments of the dense map only (no windows), at most 5 per image.
+    let cfg = d.join("segments.json");
+    std::fs::write(&cfg, r#"{"scales": [], "segments": [0.9, 0.7, 0.5]}"#).unwrap();
+    let sum = ok_json(&fgclip(&[
+        "index",
+        &s(&images),
+        "--db",
+        &s(&db),
+        "-m",
+        &s(&model),
+        "--region-config",
+        &s(&cfg),
+        "--regions",
+        "5",
+        "--json",
+    ]));
+    assert_eq!(sum["added"], 3, "{sum}");
+    assert!(sum["regions"].as_u64().unwrap() <= 15, "{sum}");
+    let info = SqliteStore::open_for_read(&db).unwrap().info().unwrap().unwrap();
+    assert_eq!(
+        (info.regions.scales.len(), info.regions.segments.clone(), info.regions.max_per_image),
+        (0, vec![0.9, 0.7, 0.5], 5)
+    );
+    // Every stored box lies inside its image.
+    let hits = ok_json(&fgclip(&["search", "a red circle", "--db", &s(&db), "--kind", "region", "--json"]));
+    for h in hits.as_array().unwrap() {
+        let b: Vec<f64> = h["box"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert!(b[0] >= 0.0 && b[1] >= 0.0 && b[2] <= 96.0 && b[3] <= 96.0 && b[0] < b[2] && b[1] < b[3], "{h}");
+    }
+    // Other settings on an existing index need --reindex.
+    let o = fgclip(&["index", &s(&images), "--db", &s(&db), "--regions", "8"]);
+    assert!(!o.status.success() && stderr(&o).contains("--reindex"), "{}", stderr(&o));
+    // Bad files: named, with what is wrong.
+    for (text, want) in [
+        (r#"{"segmnts": [0.5]}"#, "segmnts"),
+        (r#"{"segments": [2.0]}"#, "segment threshold"),
+        ("not json", "segments-bad.json"),
+    ] {
+        let bad = d.join("segments-bad.json");
+        std::fs::write(&bad, text).unwrap();
+        let o = fgclip(&[
+            "index",
+            &s(&images),
+            "--db",
+            &s(&d.join("new.db")),
+            "-m",
+            &s(&model),
+            "--region-config",
+            &s(&bad),
+        ]);
+        assert!(!o.status.success() && stderr(&o).contains(want), "{text}: {}", stderr(&o));
+        assert!(stderr(&o).contains("segments-bad.json"), "{}", stderr(&o));
+    }
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Indexing throughput against the model-only rate: `fgclip index` on folders of photo-like JPEGs (several sizes)
+# next to `fgclip bench` on the same model, precision, batch and thread count, one after the other on this
+# machine. Random checkpoints at the released models' real sizes (nothing is downloaded). Appends JSON lines (with
+# the CPU model and flags) to $OUT and prints the ratio index/bench per line.
+#
+#   bench/index_throughput.sh
+#   N=48 SIZES="1600x1200" MODELS="fgclip-base" PRECISIONS="bf16" bench/index_throughput.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-96}
+SIZES=${SIZES:-"640x480 1600x1200 4032x3024"}
+MODELS=${MODELS:-"fgclip-base fgclip2-base"}
+PRECISIONS=${PRECISIONS:-"f32 bf16"}
+BATCH=${BATCH:-16}
+THREADS=${THREADS:-2}
+SECONDS_EACH=${SECONDS_EACH:-20}
+FIXTURES=${FGCLIP_FIXTURES:-../shared/fixtures}
+WORK=${WORK:-target/index-bench}
+OUT=${OUT:-bench/results-index-$(date +%Y%m%d-%H%M%S).jsonl}
+
+cargo build --release -p fgclip-cli >&2
+cargo build --release -p fgclip-search --example photo_folder >&2
+FG=target/release/fgclip
+mkdir -p "$WORK"
+cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+cpu_flags=$(grep -m1 flags /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|fma|f16c|avx512f|avx512bw|avx512_bf16|avx512_vnni|amx_bf16|asimd|sve)$' | tr '\n' ' ' | sed 's/ $//')
+
+for size in $SIZES; do
+  [ -d "$WORK/photos-$size" ] || target/release/examples/photo_folder "$WORK/photos-$size" "$N" "$size" >&2
+done
+
+for model in $MODELS; do
+  ck="$WORK/ckpt-$model"
+  if [ "$model" = fgclip-base ]; then
+    wl=fgclip-base-image; patches=""; tok="$FIXTURES/fgclip_v1/model"
+  else
+    wl=fgclip2-base-image-576; patches="--max-patches 576"; tok="$FIXTURES/fgclip2/model"
+  fi
+  if [ ! -f "$ck/model.safetensors" ]; then
+    $FG bench --workload "$wl" --write-checkpoint "$ck" --tokenizer-from "$tok" >&2
+    if [ "$model" = fgclip-base ]; then
+      # The tiny fixture's preprocessor works at 112 px; the real model at 224.
+      sed -i 's/: 112/: 224/' "$ck/preprocessor_config.json"
+    fi
+  fi
+  for p in $PRECISIONS; do
+    bench=$($FG bench --workload "$wl" --batch "$BATCH" --threads "$THREADS" --seconds "$SECONDS_EACH" --precision "$p" --json)
+    bench_rate=$(echo "$bench" | python3 -c 'import json,sys; print(json.loads(sys.stdin.readline())["items_per_s"])')
+    for size in $SIZES; do
+      rm -f "$WORK"/db*
+      idx=$(RAYON_NUM_THREADS=$THREADS $FG index "$WORK/photos-$size" --db "$WORK/db" --model "$ck" --precision "$p" \
+        --batch "$BATCH" $patches --json 2>/dev/null)
+      python3 - "$model" "$p" "$size" "$bench" "$idx" "$cpu_model" "$cpu_flags" "$THREADS" "$BATCH" <<'EOF' | tee -a "$OUT"
+import json, sys
+model, p, size, bench, idx, cpu_model, flags, threads, batch = sys.argv[1:]
+bench, idx = json.loads(bench), json.loads(idx)
+ratio = idx["images_per_second"] / bench["items_per_s"]
+print(json.dumps({"what": "index-throughput", "model": model, "precision": p, "photo_size": size,
+                  "threads": int(threads), "batch": int(batch), "images": idx["encoded"],
+                  "index_images_per_s": round(idx["images_per_second"], 3),
+                  "bench_images_per_s": round(bench["items_per_s"], 3), "ratio": round(ratio, 3),
+                  "regions": idx["regions"], "bytes_per_image": idx["bytes_per_image"],
+                  "cpu": cpu_model, "flags": flags}))
+EOF
+    done
+  done
+done
+echo "raw results: $OUT" >&2
