@@ -56,12 +56,16 @@ pub struct Args {
 
 pub const WORKLOADS: &[&str] = &[
     "fgclip-base-image",
+    // What `fgclip index` asks of the model: the global embedding and the dense map from one tower pass
+    // (GFLOP/s counts the global path only).
+    "fgclip-base-image-dense",
     "fgclip-large-image",
     "fgclip-base-text-77",
     "fgclip-base-text-248",
     "fgclip2-base-image-256",
     "fgclip2-base-image-576",
     "fgclip2-base-image-1024",
+    "fgclip2-base-image-dense-576",
     "fgclip2-base-text-64",
     "fgclip2-base-text-196",
     "preprocess-fgclip-640x480",
@@ -166,11 +170,19 @@ pub fn run(a: Args) -> Result<()> {
         } else if wl.starts_with("fgclip-") {
             let cfg = v1_config(wl.contains("large"))?;
             let model = FgClip::load(&w, &cfg, &plan)?;
-            if wl.ends_with("image") {
+            if wl.ends_with("image") || wl.ends_with("image-dense") {
                 let s = cfg.vision.image_size;
                 let pv = Tensor::randn(0f32, 1.0, (b, 3, s, s), &device)?.to_dtype(dtype)?;
+                let dense = wl.ends_with("dense");
                 (
-                    measure(b, a.warmup, a.seconds, || Ok(model.image_features(&pv).map(|_| ())?))?,
+                    measure(b, a.warmup, a.seconds, || {
+                        if dense {
+                            model.image_and_dense_features(&pv)?;
+                        } else {
+                            model.image_features(&pv)?;
+                        }
+                        Ok(())
+                    })?,
                     flops::fgclip_image(&cfg.vision, cfg.projection_dim),
                 )
             } else {
@@ -192,8 +204,16 @@ pub fn run(a: Args) -> Result<()> {
                 let valid = Tensor::ones((b, n), DType::F32, &device)?;
                 let grids = vec![(g, g); b];
                 let input = NaflexInput { pixel_values: &pv, valid: &valid, grids: &grids };
+                let dense = wl.contains("dense");
                 (
-                    measure(b, a.warmup, a.seconds, || Ok(model.image_features(&input).map(|_| ())?))?,
+                    measure(b, a.warmup, a.seconds, || {
+                        if dense {
+                            model.image_and_dense_features(&input)?;
+                        } else {
+                            model.image_features(&input)?;
+                        }
+                        Ok(())
+                    })?,
                     flops::fgclip2_image(&cfg.vision, n),
                 )
             } else {

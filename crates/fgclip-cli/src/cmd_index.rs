@@ -38,6 +38,11 @@ pub struct Args {
     /// Drop the index's vectors and rebuild it (needed to change the model or the region settings).
     #[arg(long)]
     pub reindex: bool,
+    /// Decode every JPEG in full, as `fgclip features` does. By default large JPEGs are decoded at a reduced
+    /// size that keeps at least twice the model's input on each side (several times faster for camera photos).
+    /// Only for a new index or with --reindex.
+    #[arg(long)]
+    pub full_decode: bool,
     /// FG-CLIP 2: fixed patch budget; default is the official dynamic bucket.
     #[arg(long)]
     pub max_patches: Option<usize>,
@@ -132,6 +137,7 @@ pub fn run(a: Args) -> Result<()> {
         max_megapixels: a.max_megapixels,
         regions: region_config(&a)?,
         reindex: a.reindex,
+        full_decode: a.full_decode,
         budget: common::patch_budget(a.max_patches, &model)?,
         shard: a.shard.as_deref().map(parse_shard).transpose()?,
     };

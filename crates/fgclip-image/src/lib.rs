@@ -22,7 +22,9 @@ pub mod resample;
 
 use std::path::PathBuf;
 
-pub use decode::{apply_orientation, decode_rgb, load_rgb, read_header, ImageHeader, MAX_IMAGE_PIXELS};
+pub use decode::{
+    apply_orientation, decode_rgb, decode_rgb_at_least, load_rgb, read_header, ImageHeader, MAX_IMAGE_PIXELS,
+};
 pub use processor::{ImageProcessor, PatchBudget, PixelBatch, PixelLayout, ProcessorConfigError};
 
 /// An 8-bit RGB image, interleaved, row-major: `data[(y * width + x) * 3 + c]`.

@@ -140,6 +140,10 @@ impl ImageProcessor {
         Ok(self)
     }
 
+    fn squashes(&self, h: usize, w: usize) -> bool {
+        matches!(self.small_image_squash, Some((min, _)) if h < min || w < min)
+    }
+
     /// The training collator's small-image rule (see [`ImageProcessor::small_image_squash`]).
     pub fn with_small_image_squash(mut self, min_side: usize, to: usize) -> Self {
         self.small_image_squash = Some((min_side, to));
@@ -148,19 +152,65 @@ impl ImageProcessor {
 
     /// Preprocesses `images` (in parallel). Errors name the problem (no images, a zero budget).
     pub fn process<R: Borrow<RgbImage> + Sync>(&self, images: &[R], budget: PatchBudget) -> Result<PixelBatch, String> {
+        let sizes: Vec<(usize, usize)> = images.iter().map(|im| (im.borrow().height, im.borrow().width)).collect();
+        self.process_sized(images, sizes, budget)
+    }
+
+    /// The `(height, width)` in pixels the tower sees for an image of `h × w` (`None` for
+    /// [`PatchBudget::BatchMax`], which depends on the other images, or when the training squash applies).
+    pub fn input_size(&self, h: usize, w: usize, budget: PatchBudget) -> Option<(usize, usize)> {
+        if self.squashes(h, w) {
+            return None;
+        }
+        match (self.layout, budget) {
+            // Squashed to size × size first, whatever comes after.
+            (PixelLayout::Square { size, .. }, _) => Some((size, size)),
+            (PixelLayout::Naflex { .. }, PatchBudget::BatchMax | PatchBudget::Fixed(0)) => None,
+            (PixelLayout::Naflex { patch }, PatchBudget::Fixed(n)) => Some(naflex::target_size(h, w, patch, n)),
+            (PixelLayout::Naflex { patch }, PatchBudget::Dynamic) => {
+                Some(naflex::target_size(h, w, patch, naflex::bucket_max_patches(h, w)))
+            }
+        }
+    }
+
+    /// Preprocesses one image that was decoded at a reduced size (`decode_rgb_at_least`) from an original of
+    /// `original_hw`: every decision that depends on the size (FG-CLIP 2's patch budget and grid) is taken from
+    /// the original, and the batch reports the original size, so boxes stay in the original's pixels. With
+    /// `original_hw` equal to the image's own size this is [`ImageProcessor::process`].
+    pub fn process_reduced(
+        &self,
+        image: &RgbImage,
+        original_hw: (usize, usize),
+        budget: PatchBudget,
+    ) -> Result<PixelBatch, String> {
+        self.process_sized(&[image], vec![original_hw], budget)
+    }
+
+    /// `sizes[i]`: the size image `i` stands for (its own, or its original's when decoded reduced).
+    fn process_sized<R: Borrow<RgbImage> + Sync>(
+        &self,
+        images: &[R],
+        sizes: Vec<(usize, usize)>,
+        budget: PatchBudget,
+    ) -> Result<PixelBatch, String> {
         if images.is_empty() {
             return Err("no images given".into());
         }
-        let sizes: Vec<(usize, usize)> = images.iter().map(|im| (im.borrow().height, im.borrow().width)).collect();
         let squashed: Vec<std::borrow::Cow<RgbImage>> = images
             .par_iter()
-            .map(|im| im.borrow())
-            .map(|im| match self.small_image_squash {
-                Some((min, to)) if im.width < min || im.height < min => {
-                    std::borrow::Cow::Owned(resample::resize_bicubic(im, to, to))
+            .zip(&sizes)
+            .map(|(im, &(h, w))| match self.small_image_squash {
+                Some((_, to)) if self.squashes(h, w) => {
+                    std::borrow::Cow::Owned(resample::resize_bicubic(im.borrow(), to, to))
                 }
-                _ => std::borrow::Cow::Borrowed(im),
+                _ => std::borrow::Cow::Borrowed(im.borrow()),
             })
+            .collect();
+        // The size each image stands for from here on: the squashed one, or the original's.
+        let effective: Vec<(usize, usize)> = squashed
+            .iter()
+            .zip(&sizes)
+            .map(|(im, &(h, w))| if self.squashes(h, w) { (im.height, im.width) } else { (h, w) })
             .collect();
         let b = images.len();
         match self.layout {
@@ -190,16 +240,15 @@ impl ImageProcessor {
                     PatchBudget::Fixed(0) => return Err("the patch budget (--max-patches) must be at least 1".into()),
                     PatchBudget::Fixed(n) => (Some(n), false),
                     PatchBudget::Dynamic => (None, false),
-                    PatchBudget::BatchMax => {
-                        let s: Vec<(usize, usize)> = squashed.iter().map(|im| (im.height, im.width)).collect();
-                        (Some(naflex::batch_max_patches(&s)), true)
-                    }
+                    PatchBudget::BatchMax => (Some(naflex::batch_max_patches(&effective)), true),
                 };
                 let per: Vec<naflex::NaflexImage> = squashed
                     .par_iter()
-                    .map(|im| {
-                        let n = fixed.unwrap_or_else(|| naflex::bucket_max_patches(im.height, im.width));
-                        naflex::preprocess(im, patch, n, self.mean, self.std)
+                    .zip(&effective)
+                    .map(|(im, &(h, w))| {
+                        let n = fixed.unwrap_or_else(|| naflex::bucket_max_patches(h, w));
+                        let (th, tw) = naflex::target_size(h, w, patch, n);
+                        naflex::patchify(&resample::resize_bilinear(im, tw, th), patch, self.mean, self.std)
                     })
                     .collect();
                 let longest = per.iter().map(|x| x.num_patches()).max().unwrap_or(0);

@@ -44,6 +44,9 @@ pub struct IndexOptions {
     pub reindex: bool,
     /// FG-CLIP 2's patch budget.
     pub budget: PatchBudget,
+    /// Decode every JPEG in full, as `features` does, for a new index (see `IndexInfo::reduced_decode`; an
+    /// existing index keeps its own setting).
+    pub full_decode: bool,
     /// `Some((i, n))`: index only the files whose path hash falls in shard `i` of `n` (0-based), so `n`
     /// machines can fill one shared store; the sweep is limited to the same shard.
     pub shard: Option<(u32, u32)>,
@@ -58,6 +61,7 @@ impl Default for IndexOptions {
             regions: None,
             reindex: false,
             budget: PatchBudget::Dynamic,
+            full_decode: false,
             shard: None,
         }
     }
@@ -102,7 +106,7 @@ pub struct NoProgress;
 impl Progress for NoProgress {}
 
 /// The index settings for `model`, for a new store.
-pub fn index_info(model: &Model, identity: ModelIdentity, regions: RegionConfig) -> IndexInfo {
+pub fn index_info(model: &Model, identity: ModelIdentity, regions: RegionConfig, reduced_decode: bool) -> IndexInfo {
     IndexInfo {
         schema_version: SCHEMA_VERSION,
         model: identity,
@@ -114,6 +118,7 @@ pub fn index_info(model: &Model, identity: ModelIdentity, regions: RegionConfig)
         regions,
         encoding: "f16".into(),
         exif_orientation: true,
+        reduced_decode,
     }
 }
 
@@ -136,7 +141,11 @@ pub fn prepare_store(model: &Model, source: &str, store: &mut dyn Store, opts: &
         (None, _) => RegionConfig::default(),
     };
     regions.validate().map_err(Error::Input)?;
-    let info = index_info(model, identity, regions);
+    let reduced = match &existing {
+        Some(i) if !opts.reindex => i.reduced_decode,
+        _ => !opts.full_decode,
+    };
+    let info = index_info(model, identity, regions, reduced);
     match existing {
         Some(old) if !opts.reindex => {
             if old.model.fingerprint != info.model.fingerprint || old.embed_dim != info.embed_dim {
@@ -150,6 +159,14 @@ pub fn prepare_store(model: &Model, source: &str, store: &mut dyn Store, opts: &
                         info.model.source,
                         &info.model.fingerprint[..12]
                     ),
+                });
+            }
+            if opts.full_decode && old.reduced_decode {
+                return Err(Error::Mismatch {
+                    db: store.describe(),
+                    msg: "it decodes large JPEGs at a reduced size; pass --reindex with --full-decode to rebuild it \
+                          from full decodes"
+                        .into(),
                 });
             }
             if old.regions != info.regions {
@@ -247,11 +264,12 @@ pub fn index(
             let processor = &model.processor;
             let max_pixels = opts.max_megapixels * 1e6;
             let budget = opts.budget;
+            let reduced = info.reduced_decode;
             let batch = opts.batch;
             s.spawn(move || -> HashSet<i64> {
                 let mut planner = Planner::new(rows, by_path, gone);
                 for chunk in todo.chunks(batch) {
-                    let items = planner.chunk(chunk, processor, budget, max_pixels);
+                    let items = planner.chunk(chunk, processor, budget, max_pixels, reduced);
                     if tx.send(items).is_err() {
                         break; // the model side stopped (an error): stop reading.
                     }
@@ -345,6 +363,7 @@ impl<'a> Planner<'a> {
         processor: &fgclip_image::ImageProcessor,
         budget: PatchBudget,
         max_pixels: f64,
+        reduced: bool,
     ) -> Vec<Item> {
         let read: Vec<ReadResult> = chunk.par_iter().map(|f| read_and_hash(&f.path)).collect();
         let mut items: Vec<Option<Item>> = Vec::with_capacity(chunk.len());
@@ -381,7 +400,7 @@ impl<'a> Planner<'a> {
             .into_par_iter()
             .map(|d| {
                 let f = &chunk[d.k];
-                let item = match prepare(&d.bytes, &f.path, processor, budget, max_pixels) {
+                let item = match prepare(&d.bytes, &f.path, processor, budget, max_pixels, reduced) {
                     Ok(pixels) => Item::Embed { file: f.clone(), hash: d.hash, replace: d.replace, pixels },
                     Err(reason) => Item::Failed(Failure { path: f.path.display().to_string(), reason }),
                 };
@@ -404,17 +423,21 @@ fn read_and_hash(path: &Path) -> ReadResult {
     Ok((bytes, hash))
 }
 
-/// Header check (size guard), decode, EXIF orientation, preprocessing: everything before the model.
+/// Header check (size guard), decode, EXIF orientation, preprocessing: everything before the model. With
+/// `reduced`, a large JPEG is decoded at a reduced size that keeps at least twice the tower's input on each side
+/// (`fgclip_image::decode_rgb_at_least`); sizes and boxes still refer to the original picture.
 fn prepare(
     bytes: &[u8],
     path: &Path,
     processor: &fgclip_image::ImageProcessor,
     budget: PatchBudget,
     max_pixels: f64,
+    reduced: bool,
 ) -> std::result::Result<PixelBatch, String> {
     let name = path.display().to_string();
     let header = fgclip_image::read_header(bytes, &name).map_err(|e| strip_name(e.to_string(), &name))?;
-    let pixels = header.width as f64 * header.height as f64;
+    let (w, h) = (header.width as usize, header.height as usize);
+    let pixels = w as f64 * h as f64;
     if pixels > max_pixels {
         return Err(format!(
             "{}x{} = {:.1} megapixels is above --max-megapixels {}",
@@ -424,9 +447,21 @@ fn prepare(
             max_pixels / 1e6
         ));
     }
-    let img = fgclip_image::decode_rgb(bytes, &name).map_err(|e| strip_name(e.to_string(), &name))?;
+    // EXIF orientations 5–8 turn the picture a quarter: the upright picture's sides are the stored ones swapped.
+    let turned = matches!(header.orientation, 5..=8);
+    let upright = if turned { (w, h) } else { (h, w) };
+    let input = if reduced { processor.input_size(upright.0, upright.1, budget) } else { None };
+    let img = match input {
+        Some((th, tw)) => {
+            let (min_w, min_h) = if turned { (2 * th, 2 * tw) } else { (2 * tw, 2 * th) };
+            fgclip_image::decode_rgb_at_least(bytes, &name, min_w, min_h)
+        }
+        None => fgclip_image::decode_rgb(bytes, &name),
+    }
+    .map_err(|e| strip_name(e.to_string(), &name))?;
     let img = fgclip_image::apply_orientation(img, header.orientation);
-    processor.process(&[img], budget)
+    let original = if input.is_some() { upright } else { (img.height, img.width) };
+    processor.process_reduced(&img, original, budget)
 }
 
 /// Failure reasons sit next to their path already; drop the repeated name from the decoder's message.

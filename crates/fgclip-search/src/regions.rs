@@ -1,13 +1,18 @@
 //! Region candidates: the boxes an image is indexed with, so that a text query can be answered with a box.
 //!
 //! The dense map is computed anyway for the global embedding, so candidates cost one RoIAlign each, not a tower
-//! pass. They are multi-scale windows on the patch grid (sides as fractions of the grid's shorter side, a few
-//! aspect ratios, half-window strides), pooled by the model's own region path (RoIAlign of the dense map, as
-//! `get_image_region_features`), then thinned without any query in sight: windows are ranked by how far their
-//! vector lies from the image's mean patch (the background a window mostly shares with its neighbours), and a
-//! window is dropped when it overlaps an already kept one (IoU ≥ `merge_iou`) and says the same thing (cosine ≥
-//! `merge_cos`). At most `max_per_image` survive. The configuration is stored in the index, so a search always
-//! knows how its regions were made.
+//! pass. Two kinds go into one pool, each pooled by the model's own region path (RoIAlign of the dense map, as
+//! `get_image_region_features`):
+//! - **windows**: multi-scale boxes on the patch grid (sides as fractions of the grid's shorter side, a few aspect
+//!   ratios, half-window strides), which cover every place an object can be;
+//! - **segments**: boxes around groups of neighbouring patches whose dense vectors agree, at several agreement
+//!   levels, which follow the objects the model itself separates.
+//!
+//! The pool is thinned without any query in sight: candidates are ranked by how far their vector lies from the
+//! image's mean patch (the background most of them share), and one is dropped when it overlaps an already kept one
+//! (IoU ≥ `merge_iou`) and says the same thing (cosine ≥ `merge_cos`). At most `max_per_image` survive. SEARCH.md
+//! compares the designs; the configuration is stored in the index, so a search always knows how its regions were
+//! made.
 
 use serde::{Deserialize, Serialize};
 
@@ -40,7 +45,7 @@ impl Default for RegionConfig {
             max_per_image: 24,
             merge_iou: 0.5,
             merge_cos: 0.95,
-            segments: vec![],
+            segments: vec![0.9, 0.8, 0.7, 0.6, 0.5],
         }
     }
 }
@@ -106,18 +111,21 @@ pub fn segments(feats: &[Vec<f32>], rows: usize, cols: usize, thresholds: &[f32]
         }
         i
     }
+    // Each patch's edges to its right and lower neighbours, with their cosines (computed once for all thresholds).
+    let mut edges: Vec<(usize, usize, f32)> = Vec::with_capacity(2 * n);
+    for i in 0..n {
+        let (y, x) = (i / cols, i % cols);
+        for j in [(x + 1 < cols).then_some(i + 1), (y + 1 < rows).then_some(i + cols)].into_iter().flatten() {
+            edges.push((i, j, dot(&feats[i], &feats[j])));
+        }
+    }
     let mut out: Vec<[f32; 4]> = Vec::new();
     for &t in thresholds {
         let mut parent: Vec<usize> = (0..n).collect();
-        for y in 0..rows {
-            for x in 0..cols {
-                let i = y * cols + x;
-                for j in [(x + 1 < cols).then(|| i + 1), (y + 1 < rows).then(|| i + cols)].into_iter().flatten() {
-                    if dot(&feats[i], &feats[j]) >= t {
-                        let (a, b) = (root(&mut parent, i), root(&mut parent, j));
-                        parent[a.max(b)] = a.min(b);
-                    }
-                }
+        for &(i, j, c) in &edges {
+            if c >= t {
+                let (a, b) = (root(&mut parent, i), root(&mut parent, j));
+                parent[a.max(b)] = a.min(b);
             }
         }
         // Per group: cell count and bounds.

@@ -5,6 +5,7 @@ mod common;
 mod fixtures_v1;
 mod fixtures_v2;
 mod pil_cases;
+mod reduced_decode;
 
 /// No module of this crate imports, directly or through others, a module that imports it (docs/architecture.md).
 #[test]

@@ -56,6 +56,10 @@ pub struct IndexInfo {
     pub encoding: String,
     /// EXIF orientation applied before encoding (boxes refer to the upright picture).
     pub exif_orientation: bool,
+    /// Large JPEGs decoded at a reduced size (libjpeg's scaled IDCT, at least twice the tower's input on each
+    /// side) instead of in full; absent in indexes made before the option existed, which decoded in full.
+    #[serde(default)]
+    pub reduced_decode: bool,
 }
 
 /// One indexed file as the store knows it.

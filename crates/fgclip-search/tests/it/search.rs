@@ -104,3 +104,65 @@ fn region_hits_carry_boxes_inside_the_picture_and_respect_per_image() {
         assert!(first.contains_key(key), "{key} missing from {first:?}");
     }
 }
+
+/// Camera-sized JPEGs are decoded at a reduced size by default: the stored size and every box still refer to
+/// the original (upright) picture, the vectors stay close to a full decode's, and an index keeps its decoding
+/// setting (asking for full decodes on a reduced index needs --reindex).
+#[test]
+fn large_jpegs_decode_reduced_with_sizes_and_boxes_in_the_original_picture() {
+    for family in ["fgclip_v1", "fgclip2"] {
+        let Some(m) = common::model(family) else { return };
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("photos");
+        std::fs::create_dir_all(&dir).unwrap();
+        // Stored 1000 × 760 with EXIF orientation 6 (a quarter turn): upright it is 760 wide, 1000 high.
+        std::fs::write(dir.join("turned.jpg"), common::jpeg_bytes(&common::picture(1000, 760, 7), Some(6))).unwrap();
+        std::fs::write(dir.join("plain.jpg"), common::jpeg_bytes(&common::picture(900, 600, 8), None)).unwrap();
+        let (reduced_db, full_db) = (tmp.path().join("reduced.db"), tmp.path().join("full.db"));
+        // FG-CLIP 2 at 128 patches (a 208 × 160 input here), so both photos are large enough to reduce.
+        let opts = IndexOptions { budget: fgclip::PatchBudget::Fixed(128), ..Default::default() };
+        index(&m, &reduced_db, std::slice::from_ref(&dir), &opts);
+        index(&m, &full_db, std::slice::from_ref(&dir), &IndexOptions { full_decode: true, ..opts.clone() });
+        let (reduced, full) =
+            (SqliteStore::open_for_read(&reduced_db).unwrap(), SqliteStore::open_for_read(&full_db).unwrap());
+        assert!(reduced.info().unwrap().unwrap().reduced_decode && !full.info().unwrap().unwrap().reduced_decode);
+        for st in [&reduced, &full] {
+            let files = st.files().unwrap();
+            for f in &files {
+                let want = if f.path.ends_with("turned.jpg") { (760, 1000) } else { (900, 600) };
+                let img = st.hits(Kind::Image, &[f.id]).unwrap().pop().unwrap();
+                assert_eq!((img.width, img.height), want, "{family} {}", f.path.display());
+            }
+            let mut n = 0;
+            st.for_each_vector(Kind::Region, &mut |id, _| {
+                let h = st.hits(Kind::Region, &[id.id]).unwrap().pop().unwrap();
+                let b = h.bbox.unwrap();
+                assert!(b[0] >= 0.0 && b[1] >= 0.0 && b[2] <= h.width as f32 + 0.01 && b[3] <= h.height as f32 + 0.01);
+                assert!(
+                    b[2] - b[0] > 0.05 * h.width as f32,
+                    "{family}: box {b:?} too small for {}x{}",
+                    h.width,
+                    h.height
+                );
+                n += 1;
+            })
+            .unwrap();
+            assert!(n > 0);
+        }
+        // The whole-image vectors of a reduced and a full decode agree closely, but not exactly (the reduced
+        // path did run).
+        let (va, vb) = (dump(&reduced_db, Kind::Image), dump(&full_db, Kind::Image));
+        assert!(va.iter().zip(&vb).all(|(a, b)| a.1 != b.1), "{family}: a photo was not decoded reduced");
+        for ((pa, a), (pb, b)) in va.iter().zip(&vb) {
+            assert_eq!(pa.file_name(), pb.file_name());
+            let (a, b) = (fgclip_search::vectors::from_f16_bytes(a), fgclip_search::vectors::from_f16_bytes(b));
+            let cos: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert!(cos > 0.99, "{family} {}: cosine {cos} between reduced and full decodes", pa.display());
+        }
+        drop((reduced, full));
+        let e = common::try_index(&m, &reduced_db, &[dir], &IndexOptions { full_decode: true, ..opts })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--reindex") && e.contains("reduced"), "{e}");
+    }
+}
