@@ -247,56 +247,74 @@ fn pg_bench(url: &str, bytes: &[Vec<u8>], queries: &[Vec<f32>], d: usize) {
     use postgres::types::Type;
     let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
     let n = bytes.len();
-    c.batch_execute(&format!(
-        "CREATE EXTENSION IF NOT EXISTS vector; DROP TABLE IF EXISTS ann_bench; \
-         CREATE TABLE ann_bench (id bigint PRIMARY KEY, embedding halfvec({d}) NOT NULL)"
-    ))
-    .unwrap();
-    let half = |b: &[u8]| {
-        HalfVector::from(b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>())
-    };
-    let t = Instant::now();
-    {
-        let ty = c.prepare("SELECT embedding FROM ann_bench LIMIT 0").unwrap().columns()[0].type_().clone();
-        let sink = c.copy_in("COPY ann_bench (id, embedding) FROM STDIN BINARY").unwrap();
-        let mut w = postgres::binary_copy::BinaryCopyInWriter::new(sink, &[Type::INT8, ty]);
-        for (i, b) in bytes.iter().enumerate() {
-            w.write(&[&(i as i64), &half(b)]).unwrap();
+    // A table left by an earlier run with the same rows and its index is reused (the build is reported once).
+    let existing: Option<i64> = c
+        .query_opt("SELECT count(*) FROM ann_bench WHERE to_regclass('ann_bench_embedding_idx') IS NOT NULL", &[])
+        .ok()
+        .flatten()
+        .map(|r| r.get(0));
+    let (mut insert_s, mut build_s) = (None, None);
+    if existing != Some(n as i64) {
+        c.batch_execute(&format!(
+            "CREATE EXTENSION IF NOT EXISTS vector; DROP TABLE IF EXISTS ann_bench; \
+             CREATE TABLE ann_bench (id bigint PRIMARY KEY, embedding halfvec({d}) NOT NULL)"
+        ))
+        .unwrap();
+        let half = |b: &[u8]| {
+            HalfVector::from(b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]])).collect::<Vec<_>>())
+        };
+        let t = Instant::now();
+        {
+            let ty = c.prepare("SELECT embedding FROM ann_bench LIMIT 0").unwrap().columns()[0].type_().clone();
+            let sink = c.copy_in("COPY ann_bench (id, embedding) FROM STDIN BINARY").unwrap();
+            let mut w = postgres::binary_copy::BinaryCopyInWriter::new(sink, &[Type::INT8, ty]);
+            for (i, b) in bytes.iter().enumerate() {
+                w.write(&[&(i as i64), &half(b)]).unwrap();
+            }
+            w.finish().unwrap();
         }
-        w.finish().unwrap();
+        insert_s = Some(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        c.batch_execute(
+            "SET maintenance_work_mem = '4GB'; SET max_parallel_maintenance_workers = 1; \
+             CREATE INDEX ann_bench_embedding_idx ON ann_bench USING hnsw (embedding halfvec_ip_ops)",
+        )
+        .unwrap();
+        build_s = Some(t.elapsed().as_secs_f64());
     }
-    let insert_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    c.batch_execute(
-        "SET maintenance_work_mem = '4GB'; SET max_parallel_maintenance_workers = 1; \
-         CREATE INDEX ON ann_bench USING hnsw (embedding halfvec_ip_ops)",
-    )
-    .unwrap();
-    let build_s = t.elapsed().as_secs_f64();
     let size_mib: i64 =
         c.query_one("SELECT pg_relation_size('ann_bench_embedding_idx') / 1048576", &[]).unwrap().get(0);
-    c.batch_execute("SET hnsw.ef_search = 64").unwrap();
-    let mut lat = Vec::new();
-    let mut found = 0usize;
-    for q in queries {
-        let mut top = TopK::new(10);
-        for (i, b) in bytes.iter().enumerate() {
-            top.push(dot_f16(q, b).unwrap(), i as i64);
-        }
-        let truth: Vec<i64> = top.into_sorted().into_iter().map(|x| x.1).collect();
-        let qv = HalfVector::from(q.iter().map(|x| half::f16::from_f32(*x)).collect::<Vec<_>>());
-        let t = Instant::now();
-        let rows = c.query("SELECT id FROM ann_bench ORDER BY embedding <#> $1 LIMIT 10", &[&qv]).unwrap();
-        lat.push(t.elapsed().as_secs_f64() * 1e3);
-        found += rows.iter().filter(|r| truth.contains(&r.get::<_, i64>(0))).count();
-    }
-    println!(
-        "{}",
-        serde_json::json!({
-            "impl": "pgvector 0.8 HNSW (halfvec, inner product, m=16, ef_construction=64, ef_search=64)", "n": n, "dims": d,
-            "queries": queries.len(), "insert_s": insert_s, "build_s": build_s, "index_mib": size_mib,
-            "recall_at_10": found as f64 / (10 * queries.len()) as f64, "p50_ms": pct(&mut lat, 0.5), "p99_ms": pct(&mut lat, 0.99),
-            "cpu": cpu(),
+    let truths: Vec<Vec<i64>> = queries
+        .par_iter()
+        .map(|q| {
+            let mut top = TopK::new(10);
+            for (i, b) in bytes.iter().enumerate() {
+                top.push(dot_f16(q, b).unwrap(), i as i64);
+            }
+            top.into_sorted().into_iter().map(|x| x.1).collect()
         })
-    );
+        .collect();
+    // 64: a common setting; 160: the embedded graph's beam; 400: what the Postgres store uses for a top-10.
+    for ef in [64, 160, 400] {
+        c.batch_execute(&format!("SET hnsw.ef_search = {ef}")).unwrap();
+        let mut lat = Vec::new();
+        let mut found = 0usize;
+        for (q, truth) in queries.iter().zip(&truths) {
+            let qv = HalfVector::from(q.iter().map(|x| half::f16::from_f32(*x)).collect::<Vec<_>>());
+            let t = Instant::now();
+            let rows = c.query("SELECT id FROM ann_bench ORDER BY embedding <#> $1 LIMIT 10", &[&qv]).unwrap();
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+            found += rows.iter().filter(|r| truth.contains(&r.get::<_, i64>(0))).count();
+        }
+        println!(
+            "{}",
+            serde_json::json!({
+                "impl": format!("pgvector 0.8 HNSW (halfvec, inner product, m=16, ef_construction=64, ef_search={ef})"),
+                "n": n, "dims": d, "queries": queries.len(), "insert_s": insert_s, "build_s": build_s,
+                "index_mib": size_mib, "recall_at_10": found as f64 / (10 * queries.len()) as f64,
+                "p50_ms": pct(&mut lat, 0.5), "p99_ms": pct(&mut lat, 0.99), "cpu": cpu(),
+            })
+        );
+        (insert_s, build_s) = (None, None);
+    }
 }

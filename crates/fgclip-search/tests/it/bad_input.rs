@@ -1,5 +1,6 @@
 //! Bad input: broken files are listed with their reason and skipped while the rest is indexed; another model,
-//! a newer schema, a missing folder, a second writer and an empty query are clear errors; nothing stored is lost.
+//! a newer schema, a missing or unwritable folder, a second writer and an empty query are clear errors; nothing
+//! stored is lost.
 
 use fgclip_search::{Error, IndexOptions, Kinds, Query, SearchOptions, SqliteStore, Store};
 
@@ -86,6 +87,10 @@ fn newer_schema_missing_folder_second_writer_and_foreign_files_are_clear_errors(
     let missing = tmp.path().join("no/such/folder/i.db");
     let err = SqliteStore::open_for_write(&missing).err().unwrap().to_string();
     assert!(err.contains("does not exist") && err.contains("folder"), "{err}");
+    // A folder nobody may write in, root included (the tests may run as root, for whom permission bits do not
+    // apply; /proc refuses new files to everyone): named, with the question to ask, and no file left behind.
+    let err = SqliteStore::open_for_write(std::path::Path::new("/proc/fgclip-test.db")).err().unwrap().to_string();
+    assert!(err.contains("/proc/fgclip-test.db") && err.contains("writable"), "{err}");
 
     let db = tmp.path().join("i.db");
     let first = SqliteStore::open_for_write(&db).unwrap();
