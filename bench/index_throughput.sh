@@ -63,12 +63,18 @@ bench, before, after, idx = json.loads(bench), json.loads(before), json.loads(af
 dense = (before["items_per_s"] + after["items_per_s"]) / 2
 ratio = idx["images_per_second"] / bench["items_per_s"]
 ratio_dense = idx["images_per_second"] / dense
+# Work per image (process CPU time, all threads): steady when the machine's speed drifts, unlike the rates.
+cpu_dense = (before["cpu_seconds_per_item"] + after["cpu_seconds_per_item"]) / 2
+cpu_ratio = cpu_dense / idx["cpu_seconds_per_image"]
 print(json.dumps({"what": "index-throughput", "decode": "full" if os.environ.get("FULL_DECODE") else "reduced", "model": model, "precision": p, "photo_size": size,
                   "threads": int(threads), "batch": int(batch), "images": idx["encoded"],
                   "index_images_per_s": round(idx["images_per_second"], 3),
                   "bench_images_per_s": round(bench["items_per_s"], 3), "ratio": round(ratio, 3),
                   "bench_dense_images_per_s": round(dense, 3), "ratio_vs_dense": round(ratio_dense, 3),
                   "bench_dense_before_after": [round(before["items_per_s"], 3), round(after["items_per_s"], 3)],
+                  "cpu_s_per_image_index": round(idx["cpu_seconds_per_image"], 4),
+                  "cpu_s_per_image_dense": round(cpu_dense, 4), "cpu_ratio_dense_over_index": round(cpu_ratio, 3),
+                  "index_threads_busy": round(idx["cpu_seconds_per_image"] * idx["images_per_second"], 2),
                   "regions": idx["regions"], "bytes_per_image": idx["bytes_per_image"],
                   "cpu": cpu_model, "flags": flags}))
 EOF

@@ -108,6 +108,8 @@ struct Measured {
     items_per_s: f64,
     latency_ms_median: f64,
     iterations: usize,
+    /// Process CPU time per item over the timed steps (all threads).
+    cpu_seconds_per_item: f64,
 }
 
 fn measure(batch: usize, warmup: usize, seconds: f64, mut step: impl FnMut() -> Result<()>) -> Result<Measured> {
@@ -115,6 +117,7 @@ fn measure(batch: usize, warmup: usize, seconds: f64, mut step: impl FnMut() -> 
         step()?;
     }
     let mut lat = vec![];
+    let cpu0 = crate::common::process_cpu_seconds();
     let start = Instant::now();
     while lat.len() < 3 || start.elapsed() < Duration::from_secs_f64(seconds) {
         let t = Instant::now();
@@ -122,11 +125,13 @@ fn measure(batch: usize, warmup: usize, seconds: f64, mut step: impl FnMut() -> 
         lat.push(t.elapsed().as_secs_f64());
     }
     let total = start.elapsed().as_secs_f64();
+    let cpu = crate::common::process_cpu_seconds() - cpu0;
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     Ok(Measured {
         items_per_s: (batch * lat.len()) as f64 / total,
         latency_ms_median: lat[lat.len() / 2] * 1e3,
         iterations: lat.len(),
+        cpu_seconds_per_item: cpu / (batch * lat.len()) as f64,
     })
 }
 
@@ -233,6 +238,7 @@ pub fn run(a: Args) -> Result<()> {
                 serde_json::json!({
                     "impl": "fgclip-rs", "workload": wl, "batch": b, "threads": a.threads, "device": a.device, "dtype": a.precision, "cpu_kernels": plan.isa.name(),
                     "items_per_s": m.items_per_s, "latency_ms_median": m.latency_ms_median, "iterations": m.iterations,
+                    "cpu_seconds_per_item": m.cpu_seconds_per_item,
                     "peak_rss_mib": rss, "flops_per_item": flops_per_item, "achieved_gflops": gflops,
                 })
             );

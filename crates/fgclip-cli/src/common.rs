@@ -206,3 +206,15 @@ pub fn keep_freed_memory_for_reuse() {
         libc::mallopt(libc::M_TOP_PAD, 256 << 20);
     }
 }
+
+/// CPU seconds (user + system, all threads) this process has used so far: a work measure that, unlike wall
+/// time, does not move when a shared machine is busy elsewhere.
+pub fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return f64::NAN;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}

@@ -11,34 +11,21 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use fgclip_search::identity::ModelIdentity;
+use fgclip_search::rng::Rng;
 use fgclip_search::scan::FoundFile;
 use fgclip_search::store::{Change, IndexInfo, Kind, Store, Vectors, SCHEMA_VERSION};
 use fgclip_search::vectors::{dot_f16, normalized, to_f16_bytes, TopK};
 use fgclip_search::{RegionConfig, SqliteStore};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn gauss(&mut self) -> f32 {
-        let u = ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        let v = ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
-    }
-}
-
 /// Vectors around `clusters` random centres (noise of the same size as the centre), normalised.
 fn synthetic(n: usize, d: usize, clusters: usize, seed: u64) -> Vec<Vec<f32>> {
+    // Seeded as in the first runs, so a store they left behind still holds these vectors.
     let mut r = Rng(seed | 1);
     let centres: Vec<Vec<f32>> =
         (0..clusters).map(|_| normalized(&(0..d).map(|_| r.gauss()).collect::<Vec<_>>())).collect();
     (0..n)
         .map(|_| {
-            let c = &centres[(r.next() % clusters as u64) as usize];
+            let c = &centres[(r.next_u64() % clusters as u64) as usize];
             let noise = normalized(&(0..d).map(|_| r.gauss()).collect::<Vec<_>>());
             normalized(&c.iter().zip(&noise).map(|(a, b)| a + 0.8 * b).collect::<Vec<_>>())
         })

@@ -6,21 +6,9 @@
 
 use std::path::PathBuf;
 
+use fgclip_search::rng::Rng;
 use image::codecs::jpeg::JpegEncoder;
 use image::{ExtendedColorType, ImageEncoder};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
 
 fn photo(w: u32, h: u32, r: &mut Rng) -> Vec<u8> {
     let corners: Vec<[f32; 3]> = (0..4).map(|_| [r.unit() * 255.0, r.unit() * 255.0, r.unit() * 255.0]).collect();
@@ -53,7 +41,7 @@ fn photo(w: u32, h: u32, r: &mut Rng) -> Vec<u8> {
                     c = *col;
                 }
             }
-            let noise = (r.next() >> 58) as f32 - 32.0; // ±32 in 64 steps, like a high-ISO sensor
+            let noise = (r.next_u64() >> 58) as f32 - 32.0; // ±32 in 64 steps, like a high-ISO sensor
             let i = ((y * w + x) * 3) as usize;
             for k in 0..3 {
                 px[i + k] = (c[k] + noise * 0.5).clamp(0.0, 255.0) as u8;
@@ -74,7 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (w, h): (u32, u32) = (w.parse()?, h.parse()?);
     let seed: u64 = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(1);
     std::fs::create_dir_all(&dir)?;
-    let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut r = Rng::new(seed);
     let mut bytes = 0u64;
     for i in 0..n {
         let px = photo(w, h, &mut r);

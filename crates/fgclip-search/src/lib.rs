@@ -12,6 +12,7 @@ pub mod indexer;
 pub mod quality;
 pub mod query;
 pub mod regions;
+pub mod rng;
 pub mod scan;
 pub mod store;
 pub mod vectors;

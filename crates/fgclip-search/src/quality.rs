@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::query::{embed_query, search, Kinds, Query, SearchOptions};
 use crate::regions::iou;
+use crate::rng::Rng;
 use crate::store::{IndexInfo, Kind, Store};
 use crate::vectors::dot_f16;
 use crate::{Error, Result};
@@ -75,26 +76,10 @@ pub struct QualityReport {
 
 const KS: [usize; 3] = [1, 5, 10];
 
-/// A small deterministic generator for the random baseline.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    /// A box with both corners uniform over a `w × h` picture.
-    fn boxed(&mut self, w: f32, h: f32) -> [f32; 4] {
-        let (a, b, c, d) = (self.unit() * w, self.unit() * w, self.unit() * h, self.unit() * h);
-        [a.min(b), c.min(d), a.max(b), c.max(d)]
-    }
+/// A box with both corners uniform over a `w × h` picture.
+fn random_box(rng: &mut Rng, w: f32, h: f32) -> [f32; 4] {
+    let (a, b, c, d) = (rng.unit() * w, rng.unit() * w, rng.unit() * h, rng.unit() * h);
+    [a.min(b), c.min(d), a.max(b), c.max(d)]
 }
 
 pub fn evaluate(
@@ -133,7 +118,7 @@ pub fn evaluate(
             }
         }
     }
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = Rng::new(seed);
 
     let mut r = QualityReport { images: truths.len(), ..Default::default() };
     let (mut region, mut global, mut random, mut uniform) = ([0usize; 3], [0usize; 3], [0usize; 3], [0usize; 3]);
@@ -168,11 +153,11 @@ pub fn evaluate(
             let mut cands: Vec<i64> = own.iter().map(|x| x.0).collect();
             // Fisher–Yates on the candidates, then the first k of them.
             for i in (1..cands.len()).rev() {
-                cands.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+                cands.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
             }
             let boxes = store.hits(Kind::Region, &cands[..cands.len().min(top)])?;
             let first_random = boxes.iter().position(|h| h.bbox.is_some_and(|b| good(*image_id, &b)));
-            let first_uniform = (0..top).position(|_| good(*image_id, &rng.boxed(w, h)));
+            let first_uniform = (0..top).position(|_| good(*image_id, &random_box(&mut rng, w, h)));
             for (k, &kk) in KS.iter().enumerate() {
                 region[k] += first.is_some_and(|p| p < kk) as usize;
                 global[k] += first_global.is_some_and(|p| p < kk) as usize;
