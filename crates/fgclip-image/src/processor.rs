@@ -166,10 +166,8 @@ impl ImageProcessor {
             // Squashed to size × size first, whatever comes after.
             (PixelLayout::Square { size, .. }, _) => Some((size, size)),
             (PixelLayout::Naflex { .. }, PatchBudget::BatchMax | PatchBudget::Fixed(0)) => None,
-            (PixelLayout::Naflex { patch }, PatchBudget::Fixed(n)) => Some(naflex::target_size(h, w, patch, n)),
-            (PixelLayout::Naflex { patch }, PatchBudget::Dynamic) => {
-                Some(naflex::target_size(h, w, patch, naflex::bucket_max_patches(h, w)))
-            }
+            (PixelLayout::Naflex { patch }, PatchBudget::Fixed(n)) => Some(naflex_target(h, w, patch, Some(n))),
+            (PixelLayout::Naflex { patch }, PatchBudget::Dynamic) => Some(naflex_target(h, w, patch, None)),
         }
     }
 
@@ -196,22 +194,18 @@ impl ImageProcessor {
         if images.is_empty() {
             return Err("no images given".into());
         }
-        let squashed: Vec<std::borrow::Cow<RgbImage>> = images
+        // Each image, squashed first where the training rule says so, and the size it stands for from here on
+        // (the squashed one, or the original's).
+        let (squashed, effective): (Vec<std::borrow::Cow<RgbImage>>, Vec<(usize, usize)>) = images
             .par_iter()
             .zip(&sizes)
             .map(|(im, &(h, w))| match self.small_image_squash {
                 Some((_, to)) if self.squashes(h, w) => {
-                    std::borrow::Cow::Owned(resample::resize_bicubic(im.borrow(), to, to))
+                    (std::borrow::Cow::Owned(resample::resize_bicubic(im.borrow(), to, to)), (to, to))
                 }
-                _ => std::borrow::Cow::Borrowed(im.borrow()),
+                _ => (std::borrow::Cow::Borrowed(im.borrow()), (h, w)),
             })
-            .collect();
-        // The size each image stands for from here on: the squashed one, or the original's.
-        let effective: Vec<(usize, usize)> = squashed
-            .iter()
-            .zip(&sizes)
-            .map(|(im, &(h, w))| if self.squashes(h, w) { (im.height, im.width) } else { (h, w) })
-            .collect();
+            .unzip();
         let b = images.len();
         match self.layout {
             PixelLayout::Square { size, processor_size } => {
@@ -246,8 +240,7 @@ impl ImageProcessor {
                     .par_iter()
                     .zip(&effective)
                     .map(|(im, &(h, w))| {
-                        let n = fixed.unwrap_or_else(|| naflex::bucket_max_patches(h, w));
-                        let (th, tw) = naflex::target_size(h, w, patch, n);
+                        let (th, tw) = naflex_target(h, w, patch, fixed);
                         naflex::patchify(&resample::resize_bilinear(im, tw, th), patch, self.mean, self.std)
                     })
                     .collect();
@@ -266,6 +259,11 @@ impl ImageProcessor {
             }
         }
     }
+}
+
+/// The NaFlex input size of an `h × w` image: under `fixed` patches, or under its own dynamic bucket.
+fn naflex_target(h: usize, w: usize, patch: usize, fixed: Option<usize>) -> (usize, usize) {
+    naflex::target_size(h, w, patch, fixed.unwrap_or_else(|| naflex::bucket_max_patches(h, w)))
 }
 
 impl PixelBatch {
